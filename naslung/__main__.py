@@ -1,0 +1,5 @@
+import sys
+
+from naslung.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""naslung.data"""

@@ -1,0 +1,61 @@
+"""Patient-grouped, stratified folds, and the train / validation / test split of each fold.
+
+Model selection never sees the test fold: for outer fold ``f`` the inner validation set is the
+next fold ``(f + 1) % k``, which is patient-disjoint from both the test fold and the training folds
+and stratified like every other fold. (NAS-Lung chose checkpoints on its test fold; we do not.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
+    """Fold id per sample: patients never straddle folds, class ratios kept as far as groups allow."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if k < 3:
+        raise ValueError(f"need at least 3 folds (train / validation / test), got {k}")
+    if n_groups < k:
+        raise ValueError(f"{n_groups} patients cannot fill {k} patient-grouped folds")
+    folds = np.full(len(labels), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        folds[test_idx] = f
+    return folds
+
+
+def assign_folds_from_column(values: np.ndarray) -> np.ndarray:
+    """Folds given by the data (e.g. LUNA16 subsets ``subset0..subset9``), renumbered 0..k-1."""
+    uniq = sorted(set(values.tolist()))
+    lookup = {v: i for i, v in enumerate(uniq)}
+    return np.array([lookup[v] for v in values.tolist()], dtype=np.int64)
+
+
+def split_fold(folds: np.ndarray, fold: int) -> FoldSplit:
+    """Train / validation / test indices for outer fold ``fold`` (validation = next fold)."""
+    folds = np.asarray(folds)
+    k = int(folds.max()) + 1
+    if folds.min() < 0:
+        raise ValueError("some samples have no fold; assign folds first (naslung prepare --folds K)")
+    if not 0 <= fold < k:
+        raise ValueError(f"fold {fold} out of range 0..{k - 1}")
+    val_fold = (fold + 1) % k
+    idx = np.arange(len(folds))
+    return FoldSplit(
+        fold=fold,
+        train=idx[(folds != fold) & (folds != val_fold)],
+        val=idx[folds == val_fold],
+        test=idx[folds == fold],
+    )
