@@ -1,0 +1,22 @@
+"""Options shared by every dataset source."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from naslung.data.spec import CropSpec
+
+
+@dataclass
+class SourceOptions:
+    input: Path | None = None            # directory or file the source reads; None = source default
+    spec: CropSpec = field(default_factory=CropSpec)
+    label_rule: str = "mean"             # LIDC routes: "mean" (NAS-Lung) or "median"
+    min_readers: int = 1                 # LIDC routes: drop nodules with fewer readers
+    label_column: str = "label_naslung"  # VOI route: which labels.csv column is the label
+    labels_csv: Path | None = None       # LUNA16 route: the label table
+    limit: int | None = None             # take only the first N items (quick runs, tests)
+    progress: bool = True
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
