@@ -27,6 +27,7 @@ class ModelConfig:
     margin: float | None = None  # head-specific: A-Softmax m (int), AM-Softmax m; None = head default
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    scale: float | None = None  # AM-Softmax scale s; None = head default (30)
 
     def __post_init__(self) -> None:
         stages = tuple(tuple(int(w) for w in s) for s in self.stages)
