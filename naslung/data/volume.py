@@ -162,17 +162,31 @@ def read_dicom_series(directory: str | Path, *, series_uid: str | None = None,
 
 
 def _check_dicom_slices(d: Path, files: Sequence[str], *, rtol: float, atol_mm: float) -> None:
+    # pydicom, not GDCM, for this pass: GDCM silently zero-fills a slice whose pixel data is cut short.
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     headers = []
     for f in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(f)
         try:
-            r.ReadImageInformation()
-            headers.append({t: (r.GetMetaData(t) if r.HasMetaDataKey(t) else None)
-                            for t in (_TAG_POSITION, _TAG_ORIENTATION, _TAG_PIXEL_SPACING, _TAG_ROWS,
-                                      _TAG_COLUMNS)})
-        except RuntimeError as e:
-            raise VolumeError(f, f"DICOM slice of series in {d} is unreadable ({_first_line(e)})") from None
+            ds = pydicom.dcmread(f)
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as e:
+            raise VolumeError(f, f"DICOM slice of the series in {d} is unreadable ({e})") from None
+        if "PixelData" not in ds:
+            raise VolumeError(f, f"DICOM slice of the series in {d} has no pixel data")
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is None or not ts.is_compressed:
+            expected = (int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1))
+                        * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 16)) // 8)
+            if len(ds.PixelData) < expected:
+                raise VolumeError(f, f"DICOM slice of the series in {d} is truncated: {len(ds.PixelData)} of "
+                                     f"{expected} bytes of pixel data")
+        headers.append({
+            _TAG_ROWS: str(ds.get("Rows")), _TAG_COLUMNS: str(ds.get("Columns")),
+            _TAG_PIXEL_SPACING: "\\".join(f"{float(v):g}" for v in ds.get("PixelSpacing", []) or []) or None,
+            _TAG_POSITION: "\\".join(str(float(v)) for v in ds.get("ImagePositionPatient", []) or []) or None,
+            _TAG_ORIENTATION: "\\".join(str(float(v)) for v in ds.get("ImageOrientationPatient", []) or []) or None,
+        })
     if len(files) < 2:
         return  # a single slice: nothing to compare (validate_image still checks the result)
 
