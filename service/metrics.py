@@ -1,0 +1,65 @@
+"""Prometheus metrics of one server, in its own ``CollectorRegistry`` (no global state, so tests and
+several servers in one process never share counters).
+
+    naslung_requests_total{method, code}          RPCs (stream items count under PredictStreamItem)
+    naslung_request_latency_seconds{method}       server time per RPC / stream item
+    naslung_batch_size                            crops per forward pass
+    naslung_inference_seconds                     model time per batch
+    naslung_queue_depth                           crops waiting for a batch
+    naslung_dropped_expired_total                 queued crops dropped because their deadline passed
+    naslung_inflight_requests                     RPCs being handled
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (.001, .0025, .005, .01, .02, .035, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("naslung_requests", "RPCs answered, by method and status code",
+                                ["method", "code"], registry=r)
+        self.latency = Histogram("naslung_request_latency_seconds", "Server-side latency per RPC or stream item",
+                                 ["method"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("naslung_batch_size", "Crops per model forward pass",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("naslung_inference_seconds", "Model time per batch",
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("naslung_queue_depth", "Crops waiting for a batch", registry=r)
+        self.dropped_expired = Counter("naslung_dropped_expired", "Queued crops dropped after their deadline",
+                                       registry=r)
+        self.inflight = Gauge("naslung_inflight_requests", "RPCs being handled", registry=r)
+        self._http = None
+        self._thread = None
+
+    def record(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
+        """Expose /metrics over HTTP; returns the bound port (pass 0 for a free one)."""
+        from prometheus_client import start_http_server
+
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._http.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -1,0 +1,155 @@
+"""Request validation: every field of a request checked, every problem a precise INVALID_ARGUMENT.
+
+``crop_from_request`` turns a ``PredictRequest`` into the (S, S, S) float32 HU crop the model sees,
+or raises :class:`RequestError` with the gRPC status and a message naming the field and the fault
+(wrong voxel count for the shape, non-positive spacing, NaN/Inf, coordinate outside the volume,
+unsupported dtype, no input, too many voxels). Resampling goes through ``naslung.data.crop`` --
+the same function that prepared the training crops.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from naslung.data.spec import CropSpec
+from service.generated import nodule_service_pb2 as pb
+
+_DTYPES = {pb.DTYPE_INT16: np.dtype("<i2"), pb.DTYPE_FLOAT32: np.dtype("<f4")}
+MAX_REQUEST_ID = 256
+
+
+class RequestError(Exception):
+    """A request the server refuses; ``code`` is the gRPC status to answer with."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_volume_voxels: int = 64 * 1024 * 1024  # 512 x 512 x 256
+    max_message_bytes: int = 160 * 1024 * 1024  # transport limit; leaves room above the voxel limit
+
+
+def _shape_str(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def array_from_proto(a: pb.Array3D, field: str, max_voxels: int) -> np.ndarray:
+    """Decode an Array3D into a (z, y, x) numpy array (a read-only view on the message bytes)."""
+    shape = tuple(int(s) for s in a.shape)
+    if len(shape) != 3:
+        raise RequestError(f"{field}.shape must have 3 values (z, y, x), got {len(shape)}: {list(shape)}")
+    if min(shape) <= 0:
+        raise RequestError(f"{field}.shape {_shape_str(shape)} has a zero dimension")
+    n = math.prod(shape)
+    if n > max_voxels:
+        raise RequestError(f"{field}.shape {_shape_str(shape)} has {n:,} voxels, over the server's limit of "
+                           f"{max_voxels:,}; send a smaller region around the nodule")
+    if a.dtype not in _DTYPES:
+        if a.dtype == pb.DTYPE_UNSPECIFIED:
+            raise RequestError(f"{field}.dtype is not set; use DTYPE_INT16 or DTYPE_FLOAT32")
+        raise RequestError(f"{field}.dtype {a.dtype} is not supported; use DTYPE_INT16 or DTYPE_FLOAT32")
+    dt = _DTYPES[a.dtype]
+    want = n * dt.itemsize
+    if len(a.data) != want:
+        raise RequestError(f"{field}.data has {len(a.data):,} bytes but shape {_shape_str(shape)} of "
+                           f"{dt.name} needs {want:,} ({n:,} voxels x {dt.itemsize} bytes)")
+    arr = np.frombuffer(a.data, dtype=dt).reshape(shape)
+    if dt.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(arr.size - np.count_nonzero(finite))
+            first = np.unravel_index(int(np.argmin(finite.ravel())), shape)
+            raise RequestError(f"{field} has {bad:,} NaN/Inf value(s) of {arr.size:,} "
+                               f"(first at z,y,x = {tuple(int(i) for i in first)})")
+    return arr
+
+
+def _vector(values, n_allowed: tuple[int, ...], field: str, *, positive: bool = False) -> tuple[float, ...] | None:
+    """A repeated double of an allowed length (0 = not given -> None), finite (and > 0 if asked)."""
+    v = tuple(float(x) for x in values)
+    if len(v) == 0 and 0 in n_allowed:
+        return None
+    if len(v) not in n_allowed:
+        want = " or ".join(str(k) for k in n_allowed if k) + (" (or none)" if 0 in n_allowed else "")
+        raise RequestError(f"{field} must have {want} values, got {len(v)}")
+    for i, x in enumerate(v):
+        if not math.isfinite(x):
+            raise RequestError(f"{field}[{i}] = {x} is not a finite number")
+        if positive and x <= 0:
+            raise RequestError(f"{field}[{i}] = {x:g} mm; spacing must be positive")
+    return v
+
+
+def _direction(values, field: str) -> tuple[float, ...] | None:
+    d = _vector(values, (0, 9), field)
+    if d is None:
+        return None
+    m = np.asarray(d).reshape(3, 3)
+    if not np.allclose(m.T @ m, np.eye(3), atol=1e-3):
+        raise RequestError(f"{field} is not an orthonormal 3x3 matrix (row-major): {list(d)}")
+    return d
+
+
+def _resample(arr: np.ndarray, spacing, origin, direction, world_xyz, spec: CropSpec, field: str) -> np.ndarray:
+    try:
+        from naslung.data.crop import crop_at_world, is_inside, world_extent
+        from naslung.data.volume import VolumeError, image_from_array
+    except ImportError as e:  # e.g. a load-test box without SimpleITK
+        raise RequestError(f"this server cannot resample {field} ({e}); send a crop of "
+                           f"{_shape_str(spec.shape)} voxels at {spec.spacing_mm:g} mm",
+                           grpc.StatusCode.FAILED_PRECONDITION) from None
+    try:
+        image = image_from_array(arr, spacing, origin or (0.0, 0.0, 0.0), direction, source=field)
+        if not is_inside(image, world_xyz):
+            lo, hi = world_extent(image)
+            w = world_xyz
+            raise RequestError(f"world coordinate ({w[0]:.2f}, {w[1]:.2f}, {w[2]:.2f}) mm lies outside {field} "
+                               f"(extent x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f}, "
+                               f"z {lo[2]:.1f}..{hi[2]:.1f} mm)")
+        return crop_at_world(image, world_xyz, spec, source=field).astype(np.float32)
+    except VolumeError as e:
+        raise RequestError(str(e)) from None
+
+
+def crop_from_request(req: pb.PredictRequest, spec: CropSpec, limits: Limits = Limits(),
+                      field: str = "") -> np.ndarray:
+    """The model-input crop (S, S, S) float32 HU for a request, or :class:`RequestError`."""
+    p = field + "." if field else ""
+    if len(req.request_id) > MAX_REQUEST_ID:
+        raise RequestError(f"{p}request_id has {len(req.request_id)} characters; at most {MAX_REQUEST_ID}")
+    kind = req.WhichOneof("input")
+    if kind is None:
+        raise RequestError(f"{p}request has no input: set `crop` (a nodule-centred crop) or `volume` + `world`")
+    if kind == "crop":
+        c = req.crop
+        if not c.HasField("voxels"):
+            raise RequestError(f"{p}crop.voxels is missing")
+        arr = array_from_proto(c.voxels, f"{p}crop.voxels", limits.max_volume_voxels)
+        spacing = _vector(c.spacing, (0, 3), f"{p}crop.spacing", positive=True)
+        same_grid = spacing is None or all(abs(s - spec.spacing_mm) <= 1e-4 * spec.spacing_mm for s in spacing)
+        if arr.shape == spec.shape and same_grid:
+            return arr.astype(np.float32)
+        spacing = spacing or (spec.spacing_mm,) * 3
+        # The nodule is at the crop's centre voxel (size // 2 on each axis), as in training crops.
+        centre = tuple(spacing[i] * (arr.shape[2 - i] // 2) for i in range(3))
+        return _resample(arr, spacing, None, None, centre, spec, f"{p}crop")
+    v = req.volume
+    if not v.HasField("voxels"):
+        raise RequestError(f"{p}volume.voxels is missing")
+    arr = array_from_proto(v.voxels, f"{p}volume.voxels", limits.max_volume_voxels)
+    spacing = _vector(v.spacing, (3,), f"{p}volume.spacing", positive=True)
+    origin = _vector(v.origin, (0, 3), f"{p}volume.origin")
+    direction = _direction(v.direction, f"{p}volume.direction")
+    if not req.HasField("world"):
+        raise RequestError(f"{p}world is missing: a volume needs the nodule centre (x, y, z) in mm")
+    w = (req.world.x, req.world.y, req.world.z)
+    if not all(math.isfinite(x) for x in w):
+        raise RequestError(f"{p}world ({w[0]}, {w[1]}, {w[2]}) is not finite")
+    return _resample(arr, spacing, origin, direction, w, spec, f"{p}volume")
