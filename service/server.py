@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import json
 import logging
 import math
@@ -72,6 +73,20 @@ class _Fail(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+def _explain_fn():
+    """``naslung.explain.explain_crop``, or a string saying why it cannot be imported."""
+    errors = []
+    for mod in ("naslung.explain", "naslung.explain.core"):
+        try:
+            fn = getattr(importlib.import_module(mod), "explain_crop", None)
+        except ImportError as e:
+            errors.append(str(e))
+            continue
+        if fn is not None:
+            return fn
+    return "; ".join(errors) or "naslung.explain has no explain_crop"
 
 
 def _remaining(context: grpc.ServicerContext) -> float | None:
@@ -224,10 +239,9 @@ class NoduleServicer(pb_grpc.NoduleServiceServicer):
             return self._explain_target
 
     def Explain(self, request, context):
-        try:
-            from naslung.explain import explain_crop
-        except ImportError as e:
-            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server ({e})")
+        explain_crop = _explain_fn()
+        if isinstance(explain_crop, str):
+            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server ({explain_crop})")
         methods = tuple(request.methods) or DEFAULT_EXPLAIN_METHODS
         known = self._known_methods()
         if known:
@@ -266,13 +280,13 @@ class NoduleServicer(pb_grpc.NoduleServiceServicer):
         return out
 
     def _known_methods(self) -> tuple[str, ...]:
-        try:
-            import naslung.explain as ex
-        except ImportError:
-            return ()
-        for name in ("METHODS", "EXPLAIN_METHODS"):
-            if hasattr(ex, name):
-                return tuple(getattr(ex, name))
+        for mod in ("naslung.explain", "naslung.explain.attribution"):
+            try:
+                ex = importlib.import_module(mod)
+            except ImportError:
+                continue
+            if hasattr(ex, "METHODS"):
+                return tuple(ex.METHODS)
         return ()
 
     def GetModelInfo(self, request, context):
