@@ -118,4 +118,5 @@ def _reason_kind(reason: str) -> str:
     import re
 
     problem = reason.split(": ", 1)[1] if ": " in reason else reason
-    return re.sub(r"-?\d+(\.\d+)?", "#", problem)[:80]
+    problem = re.sub(r"\"[^\"]*\"|'[^']*'|(/[^\s/]+)+/?", "…", problem)  # quoted names and paths
+    return re.sub(r"-?\d+(\.\d+)?", "#", problem)[:90]
