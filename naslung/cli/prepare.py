@@ -1,4 +1,4 @@
-"""``naslung prepare``: CT data -> a prepared dataset directory (manifest.csv + crops.npy + dataset.json)."""
+"""Turn CT data into labelled nodule crops with folds: a dataset directory (manifest.csv, crops.npy, dataset.json)."""
 from __future__ import annotations
 
 import argparse

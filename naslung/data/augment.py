@@ -83,9 +83,12 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig = AugmentConfig(),
         base = torch.arange(size, device=dev).expand(n, size)
         rev = (size - 1) - base
         idx.append(offsets[:, a, None] + torch.where(flips[:, a, None], rev, base))  # (n, size)
-    bi = torch.arange(n, device=dev)[:, None, None, None]
-    out = src[bi, :, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]]
-    out = out.permute(0, 4, 1, 2, 3)  # advanced indices first -> (n, d, h, w, c) -> (n, c, d, h, w)
+    if p > 0 or cfg.flip_p > 0:
+        bi = torch.arange(n, device=dev)[:, None, None, None]
+        out = src[bi, :, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]]
+        out = out.permute(0, 4, 1, 2, 3)  # advanced indices first -> (n, d, h, w, c) -> (n, c, d, h, w)
+    else:
+        out = x.clone()
 
     # --- zero-out of a random k³ cube
     k = cfg.zero_out
