@@ -36,6 +36,9 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
                    help="LIDC routes: mean rating >3 malignant, <3 benign, =3 dropped; or the median")
     p.add_argument("--min-readers", type=int, default=1, help="LIDC routes: drop nodules with fewer readers")
     p.add_argument("--label-column", default="label_naslung", help="voi: labels.csv column used as the label")
+    p.add_argument("--fov-mm", default=None, metavar="X,Y,Z",
+                   help="voi: pad everything outside this centred box (mm; one number = cube) so every crop "
+                        "shows the same field of view (a guard against the VOI-border shortcut)")
     p.add_argument("--crop-size", type=int, default=32, help="crop edge in voxels")
     p.add_argument("--spacing", type=float, default=1.0, help="isotropic crop spacing in mm")
     p.add_argument("--folds", type=int, default=10, help="patient-grouped stratified folds (0 = none)")
@@ -58,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     extra = {}
     if args.mapping:
         extra["mapping"] = Path(args.mapping)
+    if args.fov_mm:
+        from naslung.data.crop import parse_fov
+
+        extra["fov_mm"] = parse_fov(args.fov_mm)
     options = SourceOptions(
         input=Path(args.input) if args.input else None,
         spec=CropSpec(size=args.crop_size, spacing_mm=args.spacing),

@@ -107,9 +107,11 @@ def crop_mask_at_world(mask: sitk.Image, center_xyz: Sequence[float], spec: Crop
     return sitk.GetArrayFromImage(out).astype(np.uint8)
 
 
-def crop_coverage(image: sitk.Image, center_xyz: Sequence[float], spec: CropSpec) -> float:
-    """Fraction of crop voxels that fall inside the source volume (1.0 = no padding). Lets a
-    dataset report how much of each crop is -1000 HU border (the VOI shortcut)."""
+def crop_coverage(image: sitk.Image, center_xyz: Sequence[float], spec: CropSpec,
+                  fov_xyz_mm: Sequence[float] | None = None) -> float:
+    """Fraction of crop voxels that fall inside the source volume (1.0 = no padding) — and inside
+    the ``fov_xyz_mm`` box when one is given. Lets a dataset report how much of each crop is
+    -1000 HU border (the VOI shortcut)."""
     s = spec.size
     idx = (np.arange(s) - s // 2) * spec.spacing_mm
     zz, yy, xx = np.meshgrid(idx, idx, idx, indexing="ij")
@@ -118,7 +120,44 @@ def crop_coverage(image: sitk.Image, center_xyz: Sequence[float], spec: CropSpec
     ci = (pts - np.asarray(image.GetOrigin())) @ d / np.asarray(image.GetSpacing())  # D orthonormal: D^-1 = D^T
     size = np.asarray(image.GetSize(), dtype=float)
     inside = np.all((ci >= -0.5 - 1e-6) & (ci <= size - 0.5 + 1e-6), axis=1)
+    if fov_xyz_mm is not None:
+        inside &= fov_box(spec, fov_xyz_mm).ravel()
     return float(inside.mean())
+
+
+def parse_fov(value: str | float | Sequence[float]) -> tuple[float, float, float]:
+    """A field of view in mm as (x, y, z): one number (a cube) or three ("20,20,6")."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"field of view {value!r}: give one number or three (X,Y,Z mm)") from None
+    elif isinstance(value, (int, float)):
+        nums = [float(value)]
+    else:
+        nums = [float(v) for v in value]
+    if len(nums) == 1:
+        nums = nums * 3
+    if len(nums) != 3 or not all(np.isfinite(nums)) or min(nums) <= 0:
+        raise ValueError(f"field of view {value!r}: give one positive number or three (X,Y,Z mm)")
+    return (nums[0], nums[1], nums[2])
+
+
+def fov_box(spec: CropSpec, fov_xyz_mm: Sequence[float]) -> np.ndarray:
+    """Bool (S, S, S) mask of the crop voxels within a centred box of ``fov_xyz_mm`` (x, y, z mm)."""
+    offs = np.abs(np.arange(spec.size) - spec.size // 2) * spec.spacing_mm
+    fx, fy, fz = (float(v) / 2 + 1e-6 for v in fov_xyz_mm)
+    return (offs[:, None, None] <= fz) & (offs[None, :, None] <= fy) & (offs[None, None, :] <= fx)
+
+
+def apply_fov(crop: np.ndarray, spec: CropSpec, fov_xyz_mm: Sequence[float]) -> np.ndarray:
+    """Set everything outside a fixed centred box to ``spec.pad_hu``: the same field of view for
+    every crop, one guard against the VOI-border shortcut (a VOI smaller than the box still shows
+    its own border; ``fov_fraction`` tells which)."""
+    out = np.array(crop, copy=True)
+    out[~fov_box(spec, fov_xyz_mm)] = np.asarray(spec.pad_hu).astype(out.dtype)
+    return out
 
 
 def mask_centroid_world(mask: sitk.Image, source: str = "mask") -> tuple[float, float, float]:

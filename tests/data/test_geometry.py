@@ -162,3 +162,21 @@ def test_crop_as_image_puts_the_centre_voxel_on_the_point(vol):
     # resampling the geometry-tagged crop again reproduces it (round trip through world space)
     again = crop_at_world(out, center, SPEC)
     np.testing.assert_array_equal(again, crop)
+
+
+def test_fixed_field_of_view_box(vol):
+    from naslung.data.crop import apply_fov, fov_box, parse_fov
+
+    assert parse_fov("20,20,6") == (20.0, 20.0, 6.0) and parse_fov("10") == (10.0,) * 3 and parse_fov(8) == (8.0,) * 3
+    for bad in ("a,b", "1,2", "0", [1, -2, 3]):
+        with pytest.raises(ValueError, match="field of view"):
+            parse_fov(bad)
+    box = fov_box(SPEC, (10.0, 6.0, 4.0))  # x, y, z mm -> 11 x 7 x 5 voxels at 1 mm (centres within +-half)
+    zs, ys, xs = np.nonzero(box)
+    assert (zs.max() - zs.min() + 1, ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (5, 7, 11)
+    assert box[SPEC.size // 2, SPEC.size // 2, SPEC.size // 2]
+    image, center = vol.sphere_volume()
+    crop = crop_at_world(image, center, SPEC)
+    fixed = apply_fov(crop, SPEC, (10.0, 6.0, 4.0))
+    assert np.all(fixed[~box] == -1000) and np.array_equal(fixed[box], crop[box])
+    assert crop_coverage(image, center, SPEC, (10.0, 6.0, 4.0)) == pytest.approx(box.mean())

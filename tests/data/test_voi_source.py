@@ -93,6 +93,19 @@ def test_voi_source_crops_on_the_nodule_and_skips_bad_items(tmp_path, vol):
         assert by_patient.setdefault(pid, f) == f
 
 
+def test_voi_fixed_field_of_view(tmp_path, vol):
+    _write_voi_dir(tmp_path / "voi", vol, n_good=4)
+    plain = prepare_dataset("voi", SourceOptions(input=tmp_path / "voi", spec=SPEC, progress=False), folds=0)
+    boxed = prepare_dataset("voi", SourceOptions(input=tmp_path / "voi", spec=SPEC, progress=False,
+                                                 extra={"fov_mm": "8,8,6"}), folds=0)
+    assert boxed.meta["fov_mm"] == [8.0, 8.0, 6.0]
+    for a, b, ra, rb in zip(plain.crops, boxed.crops, plain.rows, boxed.rows):
+        assert (b == -1000).sum() > (a == -1000).sum()
+        assert rb["fov_fraction"] < ra["fov_fraction"]
+        np.testing.assert_array_equal(b[5:12, 5:12, 5:12][b[5:12, 5:12, 5:12] != -1000],
+                                      a[5:12, 5:12, 5:12][b[5:12, 5:12, 5:12] != -1000])
+
+
 def test_voi_label_column_and_missing_column(tmp_path, vol):
     _write_voi_dir(tmp_path / "voi", vol, n_good=4)
     ds = prepare_dataset("voi", SourceOptions(input=tmp_path / "voi", spec=SPEC, progress=False,

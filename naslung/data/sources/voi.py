@@ -6,7 +6,10 @@ centroid (or the row's ``world_x/y/z`` when there is no mask) and padded with -1
 label column is empty are dropped and counted (``meta["unlabelled_dropped"]``); a row whose files
 are missing or broken becomes a ``Skipped`` with its reason and the rest are still prepared.
 ``fov_fraction`` in the manifest is the share of the crop that came from the VOI (the rest is
-padding): the VOI-border shortcut can be checked against it.
+padding): the VOI-border shortcut can be checked against it. ``options.extra["fov_mm"]``
+(``naslung prepare --fov-mm X,Y,Z``) pads everything outside a fixed centred box, so every crop
+shows the same field of view wherever its VOI is large enough (``fov_fraction`` then equals the
+box's share of the crop).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from naslung.data.crop import crop_at_world, crop_coverage, mask_centroid_world
+from naslung.data.crop import apply_fov, crop_at_world, crop_coverage, mask_centroid_world, parse_fov
 from naslung.data.dataset import PreparedDataset, Skipped
 from naslung.data.sources.base import SourceOptions
 from naslung.data.volume import VolumeError, read_image_file
@@ -66,6 +69,7 @@ def prepare(options: SourceOptions) -> PreparedDataset:
         if need not in columns:
             raise ValueError(f"{table}: no column {need!r} (columns: {', '.join(columns)})")
     spec = options.spec
+    fov = parse_fov(options.extra["fov_mm"]) if options.extra.get("fov_mm") else None
 
     labelled: list[tuple[int, dict[str, str], int]] = []
     skipped: list[Skipped] = []
@@ -95,7 +99,7 @@ def prepare(options: SourceOptions) -> PreparedDataset:
     for i, r, y in items:
         name = r["file"].strip()
         try:
-            crop, info = _crop_one(root, r, spec)
+            crop, info = _crop_one(root, r, spec, fov)
         except VolumeError as e:
             skipped.append(Skipped(name, str(e)))
             log.warning("skipped %s", e)
@@ -117,12 +121,12 @@ def prepare(options: SourceOptions) -> PreparedDataset:
 
     arr = np.stack(crops) if crops else np.zeros((0, *spec.shape), dtype=np.int16)
     meta = {"input": str(root), "labels_csv": str(table), "label_column": col, "rows": len(rows),
-            "unlabelled_dropped": unlabelled}
+            "unlabelled_dropped": unlabelled, "fov_mm": list(fov) if fov else None}
     log.info("voi: %d crops, %d skipped, %d unlabelled dropped", len(out_rows), len(skipped), unlabelled)
     return PreparedDataset(arr, out_rows, spec, "voi", skipped, meta)
 
 
-def _crop_one(root: Path, r: dict[str, str], spec) -> tuple[np.ndarray, dict[str, Any]]:
+def _crop_one(root: Path, r: dict[str, str], spec, fov=None) -> tuple[np.ndarray, dict[str, Any]]:
     image_path = root / r["file"].strip()
     image = read_image_file(image_path)
     mask_name = (r.get("mask_file") or "").strip()
@@ -137,9 +141,11 @@ def _crop_one(root: Path, r: dict[str, str], spec) -> tuple[np.ndarray, dict[str
             raise VolumeError(image_path, "no mask and no valid world_x/y/z to centre the crop on")
         center_from = "world"
     crop = crop_at_world(image, center, spec, source=str(image_path))
+    if fov is not None:
+        crop = apply_fov(crop, spec, fov)
     info = {
         "center_x": round(center[0], 3), "center_y": round(center[1], 3), "center_z": round(center[2], 3),
         "center_from": center_from,
-        "fov_fraction": round(crop_coverage(image, center, spec), 4),
+        "fov_fraction": round(crop_coverage(image, center, spec, fov), 4),
     }
     return crop, info
