@@ -1,0 +1,96 @@
+"""``naslung search``: NNI architecture search over the NAS-Lung space -> a search run directory.
+
+Writes RUN/trials.csv (every trial: validation accuracy/AUC, params, FLOPs, latency), RUN/pareto.csv
+and RUN/pareto.png (accuracy vs latency), RUN/top/<rank>.json (ModelConfigs for `naslung train`
+and ensembles), RUN/pruned.csv (partial-order pruning), RUN/summary.json, and NNI's own files
+under RUN/nni-experiments/. The test fold is never evaluated during the search.
+
+NNI's manager (web UI + REST API) listens on ALL interfaces without authentication.
+"""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  naslung search --data runs/data --config examples/search_naslung.yml --out runs/search
+  naslung search --data runs/data --config examples/search_naslung.yml --max-trials 20 \\
+      --trial-concurrency 4 --gpus 0 --trials-per-gpu 4 --port 8080 --out runs/search-gpu
+  naslung search --data runs/data --config examples/search_naslung.yml --resume k3x9a1bz --out runs/search
+  naslung search --report-only --out runs/search      # rebuild CSVs, plot and top configs from disk
+
+the same search with NNI's own tool (trial command: python -m search_spaces.trial):
+  nnictl create --config examples/search.yml --port 8080
+"""
+
+
+def _gpus(text: str) -> list[int]:
+    try:
+        return [int(g) for g in text.split(",") if g.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus takes comma-separated GPU indices such as 0,1; got {text!r}")
+
+
+def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("search", help="NNI architecture search with a Pareto front of accuracy vs latency",
+                              description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
+    p.add_argument("--data", help="prepared dataset directory (from `naslung prepare`)")
+    p.add_argument("--config", help="search YAML (space, strategy, trial, experiment); "
+                                    "see examples/search_naslung.yml")
+    p.add_argument("--out", required=True, help="search run directory")
+    p.add_argument("--strategy", choices=("pop", "random", "evolution"), default=None,
+                   help="override strategy.name: partial-order pruning, random, regularized evolution")
+    p.add_argument("--max-trials", type=int, default=None, help="override experiment.max_trials")
+    p.add_argument("--trial-concurrency", type=int, default=None, help="trials running at once")
+    p.add_argument("--gpus", type=_gpus, default=None, help="GPU indices for trials, e.g. 0 or 0,1 (default: CPU)")
+    p.add_argument("--trials-per-gpu", type=int, default=None,
+                   help="trials sharing one GPU (NNI maxTrialNumberPerGpu)")
+    p.add_argument("--port", type=int, default=None, help="NNI manager / web UI port (0 = any free port)")
+    p.add_argument("--resume", metavar="EXP_ID", default=None, help="resume a stopped experiment with this id")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from RUN/trials/")
+    p.add_argument("--debug", action="store_true", help="NNI debug logging")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.report_only:
+        from search_spaces.report import write_report
+
+        summary = write_report(args.out)
+        _print_summary(summary, Path(args.out))
+        return 0
+    if not args.data or not args.config:
+        raise ValueError("--data and --config are required (unless --report-only)")
+
+    from search_spaces.experiment import SearchConfig, run_search
+    from search_spaces.nni_api import NNIUnavailable
+
+    cfg = SearchConfig.from_file(args.config)
+    ex = cfg.experiment
+    for flag, attr in (("max_trials", "max_trials"), ("trial_concurrency", "trial_concurrency"),
+                       ("gpus", "gpus"), ("trials_per_gpu", "trials_per_gpu"), ("port", "port")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(ex, attr, value)
+    if args.strategy:
+        cfg.strategy.name = args.strategy
+    if ex.max_trials < 1 or ex.trial_concurrency < 1 or ex.trials_per_gpu < 1:
+        raise ValueError("--max-trials, --trial-concurrency and --trials-per-gpu must be >= 1")
+    try:
+        summary = run_search(cfg, args.data, args.out, resume=args.resume, debug=args.debug,
+                             printer=lambda s: print(s, flush=True))
+    except (NNIUnavailable, RuntimeError) as e:
+        raise ValueError(str(e)) from None
+    _print_summary(summary, Path(args.out))
+    return 0 if summary["succeeded"] > 0 else 1
+
+
+def _print_summary(summary: dict, out) -> None:
+    print(f"\n{summary['trials']} trials ({summary['succeeded']} succeeded, {summary['failed']} failed), "
+          f"{summary['pareto']} on the Pareto front" +
+          (f", {summary['pruned']} candidates pruned" if summary.get("pruned") else "") +
+          (f"; {summary['trials_per_hour']} trials/hour" if summary.get("trials_per_hour") else ""))
+    for name in ("trials.csv", "pareto.csv", "pareto.png", "top"):
+        if (out / name).exists():
+            print(f"  {out / name}")

@@ -1,0 +1,280 @@
+"""Run a NAS experiment: search config (YAML) + prepared data in, a search run directory out.
+
+This is the "search space in, trial results out" interface the CLI uses::
+
+    summary = run_search(SearchConfig.from_file("examples/search_naslung.yml"), data="runs/data",
+                         out="runs/search")
+
+It builds :class:`~search_spaces.model_space.NasLungSpace`, a ``FunctionalEvaluator`` around
+:func:`search_spaces.trial.evaluate_model`, one of our strategies, and an NNI ``NasExperiment`` on
+the local training service (``trial_concurrency``, GPUs, several trials per GPU); it always stops
+the experiment (NNI manager included), then writes the report (:mod:`search_spaces.report`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from search_spaces.nni_api import SECURITY_WARNING, check_port_free, free_port, require_nni, venv_bin_first
+from search_spaces.report import load_records, write_json_atomic, write_report
+from search_spaces.space import SpaceSpec
+from search_spaces.trial import TrialSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentOptions:
+    """NNI experiment and local training-service options (CLI flags override these)."""
+
+    max_trials: int = 20
+    trial_concurrency: int = 1
+    gpus: list[int] | None = None          # GPU indices for trials; None = CPU trials
+    trials_per_gpu: int = 1                # NNI's maxTrialNumberPerGpu (several small trials share a GPU)
+    port: int = 8080                       # 0 = pick a free port
+    max_duration: str | None = None        # e.g. "2h"
+    max_trial_duration: str | None = None  # e.g. "30m": NNI kills a trial that runs longer
+    name: str = "naslung-search"
+
+
+@dataclass
+class StrategyOptions:
+    name: str = "pop"                      # pop | random | evolution
+    seed: int = 0
+    candidate_latency: str = "measure"     # pop: "measure" candidates (paper) or "bound" (no measurement)
+    patience: int | None = None            # pop: stop when the Pareto set is unchanged this long
+    population_size: int = 20              # evolution
+    sample_size: int = 5                   # evolution
+    mutation_prob: float = 0.2             # evolution
+
+
+@dataclass
+class SearchConfig:
+    space: dict[str, Any] = field(default_factory=dict)
+    strategy: StrategyOptions = field(default_factory=StrategyOptions)
+    trial: dict[str, Any] = field(default_factory=dict)        # TrialSpec fields except data/out
+    experiment: ExperimentOptions = field(default_factory=ExperimentOptions)
+    top_k: int = 5
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SearchConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"model"}  # `model:` is read by the HPO route only
+        if unknown:
+            raise ValueError(f"unknown search-config sections: {sorted(unknown)} (known: {sorted(known)})")
+
+        def section(cls_, key):
+            raw = dict(d.get(key) or {})
+            bad = set(raw) - {f.name for f in fields(cls_)}
+            if bad:
+                raise ValueError(f"unknown fields in `{key}:`: {sorted(bad)}")
+            return cls_(**raw)
+
+        cfg = cls(space=dict(d.get("space") or {}), strategy=section(StrategyOptions, "strategy"),
+                  trial=dict(d.get("trial") or {}), experiment=section(ExperimentOptions, "experiment"),
+                  top_k=int(d.get("top_k", 5)))
+        SpaceSpec.from_dict(cfg.space)  # validate early, with the field names in the message
+        if cfg.strategy.candidate_latency not in ("measure", "bound"):
+            raise ValueError("strategy.candidate_latency must be 'measure' or 'bound'")
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "SearchConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"search config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"search config {path} is not valid YAML: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"search config {path}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _data_crop_size(data: Path) -> int:
+    import json
+
+    from naslung.data.dataset import DatasetError
+
+    info = data / "dataset.json"
+    if not info.is_file():
+        raise DatasetError(f"{data}: not a prepared dataset (dataset.json missing); "
+                           f"create one with `naslung prepare --out {data}`")
+    return int(json.loads(info.read_text())["crop_spec"]["size"])
+
+
+def _latency_fn(spec: TrialSpec, space: SpaceSpec) -> Callable[[Any], float]:
+    """Candidate latency for partial-order pruning, measured like the trials measure theirs."""
+    from naslung.models.profile import profile_model
+    from search_spaces.trial import _resolve_device
+
+    device = _resolve_device(spec.device)
+    cache: dict[str, float] = {}
+
+    def measure(arch) -> float:
+        if arch.key not in cache:
+            cache[arch.key] = float(profile_model(arch.to_config(space), device, space.in_size,
+                                                  **spec.latency)["latency_ms"])
+        return cache[arch.key]
+
+    return measure
+
+
+class _Progress(threading.Thread):
+    """Prints one line per finished trial (records appear under RUN/trials as trials end)."""
+
+    def __init__(self, run_dir: Path, total: int, printer: Callable[[str], None], interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.total, self.printer, self.interval = run_dir, total, printer, interval
+        self.stop_event = threading.Event()
+        self.seen: set[str] = set()
+        self.t0 = time.time()
+
+    def poll(self) -> None:
+        for r in load_records(self.run_dir):
+            key = f"{r.get('seq')}_{r.get('trial_id')}"
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            hours = max(time.time() - self.t0, 1e-9) / 3600
+            acc, auc, lat = r.get("val_accuracy"), r.get("val_auc"), r.get("latency_ms")
+            fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"  # noqa: E731
+            self.printer(f"[{len(self.seen):>3}/{self.total}] {r.get('status', '?'):<9} {r.get('arch', '?'):<40} "
+                         f"val acc {fmt(acc, '%.3f')} auc {fmt(auc, '%.3f')} lat {fmt(lat, '%.2f')} ms "
+                         f"({fmt(r.get('trial_seconds'), '%.0f')} s)  {len(self.seen) / hours:.1f} trials/h")
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001 - progress must never kill the search
+                log.debug("progress poll failed: %s", e)
+
+
+def _trial_env(out: Path) -> None:
+    """Trials inherit this process's environment: venv bin first, our sources importable."""
+    os.environ.update(venv_bin_first())
+    src_root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src_root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([src_root] + paths)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def build_experiment(cfg: SearchConfig, data: str | Path, out: str | Path, exp_id: str | None = None):
+    """The NasExperiment (not started) plus the strategy object, for callers that drive NNI themselves."""
+    require_nni()
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment, NasExperimentConfig
+
+    from search_spaces.model_space import NasLungSpace
+    from search_spaces.strategies import make_strategy
+    from search_spaces.trial import evaluate_model
+
+    data, out = Path(data).resolve(), Path(out).resolve()
+    space = SpaceSpec.from_dict({**cfg.space, "in_size": _data_crop_size(data)})
+    trial = TrialSpec.from_dict({**cfg.trial, "data": str(data), "out": str(out)})
+    st = cfg.strategy
+    if st.name == "pop":
+        strategy = make_strategy("pop", seed=st.seed, patience=st.patience,
+                                 latency_fn=_latency_fn(trial, space) if st.candidate_latency == "measure" else None)
+    elif st.name == "evolution":
+        strategy = make_strategy("evolution", seed=st.seed, population_size=st.population_size,
+                                 sample_size=st.sample_size, mutation_prob=st.mutation_prob)
+    else:
+        strategy = make_strategy(st.name, seed=st.seed)
+    evaluator = FunctionalEvaluator(evaluate_model, **asdict(trial))
+    ex = cfg.experiment
+    config = NasExperimentConfig("ts", "simplified", "local")
+    config.experiment_name = ex.name
+    config.max_trial_number = int(ex.max_trials)
+    config.trial_concurrency = int(ex.trial_concurrency)
+    config.experiment_working_directory = str(out / "nni-experiments")
+    config.trial_code_directory = os.getcwd()  # NNI requires the current directory here
+    if ex.max_duration:
+        config.max_experiment_duration = ex.max_duration
+    if ex.max_trial_duration:
+        config.max_trial_duration = ex.max_trial_duration
+    if ex.gpus:
+        config.trial_gpu_number = 1
+        config.training_service.use_active_gpu = True
+        config.training_service.gpu_indices = list(ex.gpus)
+        config.training_service.max_trial_number_per_gpu = int(ex.trials_per_gpu)
+    else:
+        config.trial_gpu_number = 0
+    exp = NasExperiment(NasLungSpace(space=space.to_dict()), evaluator, strategy, config, id=exp_id)
+    return exp, strategy, space
+
+
+def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: str | None = None,
+               printer: Callable[[str], None] = print, debug: bool = False) -> dict[str, Any]:
+    """Run (or resume) the search to its trial budget; always stop NNI; write the report."""
+    require_nni()
+    import requests
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ex = cfg.experiment
+    port = free_port() if int(ex.port) == 0 else int(ex.port)
+    check_port_free(port)
+    _trial_env(out)
+    exp, strategy, space = build_experiment(cfg, data, out, exp_id=resume)
+    write_json_atomic(out / "search_config.json", {**cfg.to_dict(), "space": space.to_dict(),
+                                                   "data": str(Path(data).resolve()), "experiment_id": exp.id,
+                                                   "port": port})
+    printer("WARNING: " + SECURITY_WARNING.format(port=port))
+    printer(f"experiment {exp.id}: web UI http://localhost:{port}  (logs: {out / 'nni-experiments' / exp.id})")
+    printer(f"strategy {cfg.strategy.name}, {ex.max_trials} trials, concurrency {ex.trial_concurrency}, "
+            f"gpus {ex.gpus or 'none (CPU)'}" + (f", {ex.trials_per_gpu} per GPU" if ex.gpus else ""))
+    progress = _Progress(out, ex.max_trials, printer)
+    t0 = time.time()
+    progress.start()
+    ok: bool | None = None
+    try:
+        if resume:
+            if not exp.has_checkpoint():
+                raise RuntimeError(f"experiment {resume} is unknown to NNI (see `nnictl experiment list`); "
+                                   f"cannot resume it")
+            ok = exp.resume(port=port, debug=debug)
+        else:
+            ok = exp.run(port=port, debug=debug)
+    except requests.exceptions.ConnectionError as e:
+        raise RuntimeError(f"the NNI manager on port {port} stopped answering ({e.__class__.__name__}); see "
+                           f"{out / 'nni-experiments' / exp.id / 'log' / 'nnimanager.log'}") from None
+    finally:
+        try:
+            exp.stop()
+        except Exception as e:  # noqa: BLE001 - stopping a dead manager must not hide the first error
+            log.warning("stopping the NNI experiment failed: %s", e)
+        progress.stop_event.set()
+        progress.join(timeout=5)
+        progress.poll()
+    wall = time.time() - t0
+    summary = write_report(out, objective=f"val_{cfg.trial.get('objective', 'accuracy')}", top_k=cfg.top_k)
+    pruned = getattr(strategy, "pruned", [])
+    if pruned:
+        import csv
+
+        with open(out / "pruned.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["arch", "reason"])
+            w.writeheader()
+            w.writerows(pruned)
+    summary.update(experiment_id=exp.id, port=port, strategy=cfg.strategy.name, wall_seconds=round(wall, 2),
+                   trials_per_hour=round(summary["trials"] / (wall / 3600), 2) if wall > 0 else None,
+                   pruned=len(pruned), nni_status_ok=ok)
+    write_json_atomic(out / "summary.json", summary)
+    return summary

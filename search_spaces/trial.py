@@ -1,0 +1,269 @@
+"""One search trial: train a sampled architecture on one fold, score it on the VALIDATION fold only,
+profile it, write its record, report to NNI.
+
+Two ways in, one core (:func:`run_trial`):
+
+- NAS experiments (``naslung search``): NNI's ``FunctionalEvaluator`` calls :func:`evaluate_model`
+  with the frozen :class:`~search_spaces.model_space.NasLungSpace` (which carries ``model_config``).
+- ``nnictl create --config examples/search.yml``: NNI runs ``python -m search_spaces.trial`` whose
+  parameters come from our tuner (:mod:`search_spaces.tuner`: an encoded architecture) or from an
+  HPO tuner (:mod:`search_spaces.hpo`: lr, batch size, margin, epochs for a fixed architecture).
+
+The test fold is never evaluated (``eval_test=False``). The prepared dataset is loaded once per
+trial process and handed to the trainer, which keeps it on the device for the whole trial.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from naslung.models.config import ModelConfig
+from search_spaces.report import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("accuracy", "auc")
+
+
+@dataclass
+class TrialSpec:
+    """Everything a trial needs besides the architecture; plain JSON so NNI can ship it."""
+
+    data: str
+    out: str | None = None                 # run dir: the record goes to out/trials/
+    fold: int = 0                          # outer fold: train on the rest, validate on fold+1, never test
+    train: dict[str, Any] = field(default_factory=dict)   # TrainConfig fields
+    device: str = "auto"
+    objective: str = "accuracy"            # NNI's "default" metric: validation accuracy or AUC
+    latency: dict[str, Any] = field(default_factory=lambda: {"batch_size": 1, "warmup": 5, "repeats": 20})
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"margin": 3}
+    threads: int | None = None             # torch CPU threads per trial (concurrent CPU trials: 1)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown trial fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+_DATA: dict[tuple[str, str], Any] = {}
+
+
+def load_dataset(path: str | Path, device: str = "cpu"):
+    """(PreparedDataset, DeviceData) loaded once per process; the crops live on ``device`` from then on."""
+    from naslung.data.dataset import PreparedDataset
+    from naslung.train import DeviceData
+
+    key = (str(Path(path).resolve()), str(device))
+    if key not in _DATA:
+        t0 = time.perf_counter()
+        ds = PreparedDataset.load(key[0])
+        _DATA[key] = (ds, DeviceData.from_dataset(ds, device))
+        log.info("loaded %s (%d crops) onto %s in %.2fs", key[0], len(ds), device, time.perf_counter() - t0)
+    return _DATA[key]
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id: str = "STANDALONE") -> dict[str, Any]:
+    """Train ``model_cfg`` on ``spec.fold``, return (and write) the trial record."""
+    from naslung.models.profile import profile_model
+    from naslung.train import train_fold
+    from naslung.train.config import TrainConfig
+
+    t_start = time.perf_counter()
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(int(spec.threads))
+    if spec.model_overrides:
+        model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), **spec.model_overrides})
+    device = _resolve_device(spec.device)
+    ds, device_data = load_dataset(spec.data, device)
+    if model_cfg.in_size != ds.spec.size:
+        model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "in_size": ds.spec.size})
+    train_cfg = TrainConfig.from_dict({**spec.train, "device": device})
+    t_train = time.perf_counter()
+    result = train_fold(ds, model_cfg, train_cfg, spec.fold, eval_test=False, progress=False, data=device_data)
+    train_seconds = time.perf_counter() - t_train
+    if getattr(result, "test_metrics", None) is not None:  # defensive: search must never see the test fold
+        raise RuntimeError("train_fold returned test metrics during a search trial")
+    val = dict(result.val_metrics)
+    prof = profile_model(model_cfg, device, ds.spec.size, **spec.latency)
+    history = getattr(result, "history", None) or []
+    record = {
+        "seq": int(seq),
+        "trial_id": str(trial_id),
+        "status": "SUCCEEDED",
+        "arch": model_cfg.key,
+        "stages": [list(s) for s in model_cfg.stages],
+        "n_blocks": model_cfg.n_blocks,
+        "head": model_cfg.head,
+        "cbam": model_cfg.cbam,
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "fold": spec.fold,
+        **{f"val_{k}": val.get(k) for k in ("accuracy", "auc", "sensitivity", "specificity", "f1", "n")},
+        "params": prof["params"],
+        "flops": prof["flops"],
+        "latency_ms": prof["latency_ms"],
+        "latency_device": prof["device"],
+        "latency_batch_size": prof.get("batch_size", 1),
+        "epochs_run": len(history),
+        "train_seconds": round(train_seconds, 3),
+        "trial_seconds": round(time.perf_counter() - t_start, 3),
+        "device": device,
+        "pid": os.getpid(),
+    }
+    record = _json_safe(record)
+    if spec.out:
+        write_json_atomic(Path(spec.out) / "trials" / f"{int(seq):05d}_{trial_id}.json", record)
+    return record
+
+
+def _json_safe(obj: Any) -> Any:
+    from naslung.train.metrics import json_safe
+
+    return json_safe(obj)
+
+
+def nni_metric(record: Mapping[str, Any], objective: str = "accuracy") -> dict[str, Any]:
+    """The final-result dict sent to NNI: ``default`` is the objective (NaN-free), the rest for the UI."""
+    value = record.get(f"val_{objective}")
+    default = float(value) if value is not None else 0.0
+    return {
+        "default": default,
+        "val_accuracy": record.get("val_accuracy"),
+        "val_auc": record.get("val_auc"),
+        "latency_ms": record.get("latency_ms"),
+        "params": record.get("params"),
+        "flops": record.get("flops"),
+        "arch": record.get("arch"),
+    }
+
+
+def _nni_ids() -> tuple[int, str]:
+    import nni
+
+    return int(nni.get_sequence_id()), str(nni.get_trial_id())
+
+
+def evaluate_model(model: Any, **spec_kwargs: Any) -> None:
+    """NNI ``FunctionalEvaluator`` target: ``model`` is a frozen NasLungSpace."""
+    import nni
+
+    spec = TrialSpec.from_dict(spec_kwargs)
+    seq, trial_id = _nni_ids()
+    try:
+        record = run_trial(model.model_config, spec, seq=seq, trial_id=trial_id)
+    except Exception as e:
+        write_failure(spec, model.model_config, seq, trial_id, e)
+        raise
+    nni.report_final_result(nni_metric(record, spec.objective))
+
+
+def write_failure(spec: TrialSpec, model_cfg: ModelConfig, seq: int, trial_id: str, error: BaseException) -> None:
+    """A FAILED record, so trials.csv lists every trial (NNI's UI has the traceback)."""
+    if spec.out:
+        write_json_atomic(Path(spec.out) / "trials" / f"{int(seq):05d}_{trial_id}.json", {
+            "seq": int(seq), "trial_id": str(trial_id), "status": "FAILED", "arch": model_cfg.key,
+            "stages": [list(s) for s in model_cfg.stages], "n_blocks": model_cfg.n_blocks,
+            "head": model_cfg.head, "cbam": model_cfg.cbam, "model": model_cfg.to_dict(),
+            "error": f"{type(error).__name__}: {error}"})
+
+
+# --------------------------------------------------------------------- nnictl entry point
+def _params_to_trial(params: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[ModelConfig, TrialSpec]:
+    """Turn NNI parameters into (architecture, trial spec) for either kind of nnictl experiment."""
+    from search_spaces.space import SpaceSpec, decode, violations
+
+    trial = dict(cfg.get("trial", {}))
+    spec_space = SpaceSpec.from_dict(cfg.get("space"))
+    params = dict(params)
+    if "s0_depth" in params:  # an architecture from search_spaces.tuner.NasLungTuner
+        arch = decode(params, spec_space)
+        problems = violations(arch, spec_space)
+        if problems:  # the tuner repairs before sending; reaching here means a foreign tuner was used
+            raise ValueError(f"architecture {arch.key} is outside the space: {'; '.join(problems)}; "
+                             f"use search_spaces.tuner.NasLungTuner, which never emits one")
+        model_cfg = arch.to_config(spec_space)
+    else:  # HPO over a fixed architecture (search_spaces.hpo)
+        model_cfg = _fixed_model(cfg)
+        train = dict(trial.get("train", {}))
+        for k, cast in (("lr", float), ("weight_decay", float), ("batch_size", int), ("epochs", int)):
+            if k in params:
+                train[k] = cast(params[k])
+        trial["train"] = train
+        if "margin" in params:
+            trial["model_overrides"] = {**trial.get("model_overrides", {}), "margin": params["margin"]}
+    return model_cfg, TrialSpec.from_dict(trial)
+
+
+def _fixed_model(cfg: Mapping[str, Any]) -> ModelConfig:
+    model = cfg.get("model")
+    if model is None:
+        raise ValueError("HPO needs `model:` in the config (a registry name or a ModelConfig JSON path)")
+    if isinstance(model, dict):
+        return ModelConfig.from_dict(model)
+    if str(model).endswith(".json"):
+        return ModelConfig.from_file(model)
+    from naslung.models import get_config
+
+    return get_config(str(model))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m search_spaces.trial --config search.yml [--data DIR] [--out RUN]`` under nnictl."""
+    import yaml
+
+    from search_spaces.nni_api import require_nni
+
+    p = argparse.ArgumentParser(prog="python -m search_spaces.trial", description=main.__doc__)
+    p.add_argument("--config", required=True, help="the search YAML (space, trial) shared with naslung search")
+    p.add_argument("--data", help="prepared dataset dir (overrides trial.data)")
+    p.add_argument("--out", help="run dir for trial records (overrides trial.out)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    nni = require_nni()
+    cfg = yaml.safe_load(Path(args.config).read_text()) or {}
+    cfg.setdefault("trial", {})
+    if args.data:
+        cfg["trial"]["data"] = args.data
+    if args.out:
+        cfg["trial"]["out"] = args.out
+    if not cfg["trial"].get("data"):
+        raise SystemExit(f"{args.config}: trial.data is not set and --data was not given")
+    params = nni.get_next_parameter() or {}
+    model_cfg, spec = _params_to_trial(params, cfg)
+    seq, trial_id = _nni_ids()
+    try:
+        record = run_trial(model_cfg, spec, seq=seq, trial_id=trial_id)
+    except Exception as e:
+        write_failure(spec, model_cfg, seq, trial_id, e)
+        raise
+    nni.report_final_result(nni_metric(record, spec.objective))
+    print(json.dumps({k: record[k] for k in ("arch", "val_accuracy", "val_auc", "latency_ms", "params")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Make `search_spaces` importable when the venv's editable install predates the package."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
