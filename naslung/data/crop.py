@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from naslung.data.spec import CropSpec
-from naslung.data.volume import EmptyMaskError, OutsideVolumeError, VolumeError
+from naslung.data.volume import EmptyMaskError, OutsideVolumeError, VolumeError, read_volume
 
 _INT16 = np.iinfo(np.int16)
 
@@ -173,6 +173,4 @@ def mask_centroid_world(mask: sitk.Image, source: str = "mask") -> tuple[float, 
 
 def crop_file_at_world(path: str, center_xyz: Sequence[float], spec: CropSpec) -> np.ndarray:
     """Read a volume (file or DICOM directory) and crop it: the one-call form for scripts."""
-    from naslung.data.volume import read_volume
-
     return crop_at_world(read_volume(path), center_xyz, spec, source=str(path))

@@ -180,3 +180,19 @@ def test_fixed_field_of_view_box(vol):
     fixed = apply_fov(crop, SPEC, (10.0, 6.0, 4.0))
     assert np.all(fixed[~box] == -1000) and np.array_equal(fixed[box], crop[box])
     assert crop_coverage(image, center, SPEC, (10.0, 6.0, 4.0)) == pytest.approx(box.mean())
+
+
+def test_crop_file_at_world_one_call(tmp_path, vol):
+    from naslung.data.crop import crop_file_at_world
+
+    image, center = vol.sphere_volume()
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    crop = crop_file_at_world(str(tmp_path / "ct.nii.gz"), center, SPEC)
+    np.testing.assert_array_equal(crop, crop_at_world(image, center, SPEC))
+
+
+def test_vector_image_is_rejected(tmp_path):
+    img = sitk.GetImageFromArray(np.zeros((3, 4, 5, 2), np.float32), isVector=True)
+    sitk.WriteImage(img, str(tmp_path / "vec.mhd"))
+    with pytest.raises(VolumeError, match=r"vec\.mhd: has 2 components"):
+        read_image_file(tmp_path / "vec.mhd")

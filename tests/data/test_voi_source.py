@@ -174,3 +174,17 @@ def test_real_voi_all_585_and_505_labelled(shared_data):
     by_file = {r["file"]: int(r["label_naslung"]) for r in labelled}
     sub = [i for i, r in enumerate(ds.rows) if r["file"] in by_file]
     assert len(sub) == 505 and sum(by_file[ds.rows[i]["file"]] for i in sub) == 238
+
+
+def test_real_voi_cli_default_command(shared_data, tmp_path, capsys):
+    """The issue's command: naslung prepare --source voi --input ../shared/data/lidc-voi --out D."""
+    out = tmp_path / "voi_ds"
+    assert main(["prepare", "--source", "voi", "--input", str(shared_data / "lidc-voi"), "--no-progress",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for pattern in (r"prepared 505 crops", r"malignant\s+238\n", r"benign\s+267\n", r"dropped\s+80\s+\(unlabelled\)",
+                    r"folds\s+10", r"skipped\s+0\n"):
+        assert re.search(pattern, text), (pattern, text)
+    ds = PreparedDataset.load(out)
+    assert len(ds) == 505 and ds.crops.dtype == np.int16 and ds.folds.min() == 0 and ds.folds.max() == 9
+    assert {"seriesuid", "world_x", "n_readers", "texture", "fov_fraction", "center_from"} <= set(ds.rows[0])
