@@ -67,6 +67,39 @@ class ServerConfig:
         return Limits(max_volume_voxels=self.max_volume_voxels, max_message_bytes=self.max_message_bytes)
 
 
+class _Malformed:
+    """A request whose bytes do not parse as the expected message (answered INVALID_ARGUMENT)."""
+
+    def __init__(self, type_name: str, n_bytes: int, error: Exception) -> None:
+        self.message = f"request is not a valid {type_name} message ({n_bytes} bytes): {type(error).__name__}: {error}"
+
+
+def _safe_parser(cls) -> Callable[[bytes], Any]:
+    """Deserializer that never raises (gRPC would answer INTERNAL); bad bytes become _Malformed."""
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except Exception as e:
+            return _Malformed(cls.DESCRIPTOR.full_name, len(data), e)
+    return parse
+
+
+def _rpc_handlers(servicer: "NoduleServicer") -> grpc.GenericRpcHandler:
+    ser = lambda msg: msg.SerializeToString()  # noqa: E731
+    handlers = {
+        "Predict": grpc.unary_unary_rpc_method_handler(
+            servicer.Predict, request_deserializer=_safe_parser(pb.PredictRequest), response_serializer=ser),
+        "PredictStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PredictStream, request_deserializer=_safe_parser(pb.PredictRequest), response_serializer=ser),
+        "Explain": grpc.unary_unary_rpc_method_handler(
+            servicer.Explain, request_deserializer=_safe_parser(pb.ExplainRequest), response_serializer=ser),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModelInfo, request_deserializer=_safe_parser(pb.GetModelInfoRequest),
+            response_serializer=ser),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
 class _Fail(Exception):
     """Internal: end an RPC with ``code`` and ``message`` (recorded in metrics)."""
 
@@ -121,6 +154,8 @@ class NoduleServicer(pb_grpc.NoduleServiceServicer):
 
     # -- shared pieces ------------------------------------------------------------------------------
     def _crop(self, req: pb.PredictRequest, field: str = "") -> np.ndarray:
+        if isinstance(req, _Malformed):
+            raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, req.message)
         try:
             return crop_from_request(req, self.predictor.spec, self.config.limits, field=field)
         except RequestError as e:
@@ -194,9 +229,9 @@ class NoduleServicer(pb_grpc.NoduleServiceServicer):
                 for req in request_iterator:
                     t0 = time.monotonic()
                     try:
-                        item = (req.request_id, t0, self._submit(self._crop(req), deadline), None)
+                        item = (getattr(req, "request_id", ""), t0, self._submit(self._crop(req), deadline), None)
                     except _Fail as f:
-                        item = (req.request_id, t0, None, f)
+                        item = (getattr(req, "request_id", ""), t0, None, f)
                     if not put(item):
                         return
             except Exception as e:  # the client broke or cancelled the stream
@@ -322,6 +357,8 @@ def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
             metrics.inflight.inc()
             code = "OK"
             try:
+                if isinstance(request, _Malformed):
+                    raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 return fn(request, context)
             except _Fail as f:
                 code = f.code.name
@@ -399,7 +436,7 @@ class NoduleServer:
         self._pool = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="naslung-rpc")
         self.server = grpc.server(self._pool, interceptors=interceptors, options=options,
                                   maximum_concurrent_rpcs=cfg.workers)
-        pb_grpc.add_NoduleServiceServicer_to_server(self.servicer, self.server)
+        self.server.add_generic_rpc_handlers((_rpc_handlers(self.servicer),))
         self.health = self._add_health()
         self.reflection = self._add_reflection()
         self.port: int | None = None
