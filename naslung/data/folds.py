@@ -20,8 +20,14 @@ class FoldSplit:
     test: np.ndarray
 
 
-def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
-    """Fold id per sample: patients never straddle folds, class ratios kept as far as groups allow."""
+def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int = 10, seed: int = 0,
+                 tries: int = 16) -> np.ndarray:
+    """Fold id per sample: patients never straddle folds, class ratios kept as far as groups allow.
+
+    ``StratifiedGroupKFold`` can leave one fold twice the size of another when patients carry
+    several nodules; of ``tries`` shuffles (derived from ``seed``) we keep the one whose fold sizes
+    and malignant fractions spread least, so the result is still deterministic per seed.
+    """
     labels = np.asarray(labels)
     groups = np.asarray(groups)
     n_groups = len(np.unique(groups))
@@ -29,11 +35,18 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int = 10, seed: int 
         raise ValueError(f"need at least 3 folds (train / validation / test), got {k}")
     if n_groups < k:
         raise ValueError(f"{n_groups} patients cannot fill {k} patient-grouped folds")
-    folds = np.full(len(labels), -1, dtype=np.int64)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-        folds[test_idx] = f
-    return folds
+    best, best_cost = None, np.inf
+    for t in range(max(1, tries)):
+        folds = np.full(len(labels), -1, dtype=np.int64)
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed * 1000 + t)
+        for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            folds[test_idx] = f
+        sizes = np.bincount(folds, minlength=k)
+        rates = np.array([labels[folds == f].mean() if sizes[f] else 0.0 for f in range(k)])
+        cost = (sizes.max() - sizes.min()) / max(1.0, sizes.mean()) + (rates.max() - rates.min())
+        if cost < best_cost:
+            best, best_cost = folds, cost
+    return best
 
 
 def assign_folds_from_column(values: np.ndarray) -> np.ndarray:
