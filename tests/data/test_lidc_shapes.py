@@ -209,3 +209,19 @@ def test_resample_mask_geometry():
     extent = ext.max(axis=0) - ext.min(axis=0) + 1
     assert np.all(np.abs(extent - 10) <= 2), extent
     assert np.all(np.abs(ext.mean(axis=0) - 16) < 0.6)
+
+
+def test_resample_mask_uses_real_slice_positions():
+    mod = _load_script()
+    # Slices 1 mm apart, except one 3 mm step inside the ball: it must stay round in mm.
+    zvals = np.r_[np.arange(0, 18, 1.0), np.arange(20, 40, 1.0)] + 50.0
+    ps = 0.8
+    ii, jj, kk = np.meshgrid(np.arange(40), np.arange(40), np.arange(len(zvals)), indexing="ij")
+    c_mm = np.array([16.0, 16.0, 20.0 + 50.0])          # i, j in mm; z world
+    d2 = (ii * ps - c_mm[0]) ** 2 + (jj * ps - c_mm[1]) ** 2 + (zvals[kk] - c_mm[2]) ** 2
+    ball = d2 < 6.0 ** 2
+    ck = np.interp(c_mm[2], zvals, np.arange(len(zvals)))
+    cube, _ = mod.resample_mask(ball, np.zeros(3, int), np.array([20.0, 20.0, ck]), zvals, ps)
+    ext = np.argwhere(cube)
+    assert abs((ext[:, 0].max() - ext[:, 0].min() + 1) - 12) <= 1.5     # 12 mm along z, not stretched
+    assert abs(ext[:, 0].mean() - 16) < 0.6

@@ -20,6 +20,9 @@ def test_aliases_only_added_when_missing(monkeypatch):
     for name in ("float", "bool"):
         # numpy 2 brought ``np.bool`` back (as ``np.bool_``); either way pylidc's use as a dtype works.
         assert np.zeros(2, dtype=getattr(np, name)).dtype.kind in "fb"
+    monkeypatch.undo()          # may delete np.int again if it was missing before ...
+    ensure_numpy_aliases()      # ... so leave the process as import_pylidc would
+    assert np.int is int
 
 
 def test_fresh_interpreter_import_is_quiet_and_patches_only_aliases():
