@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
 import time
 from pathlib import Path
 

@@ -6,9 +6,8 @@ import sys
 import warnings
 
 import numpy as np
-import pytest
 
-from naslung.data.pylidc_compat import NUMPY_ALIASES, consensus, ensure_numpy_aliases, import_pylidc
+from naslung.data.pylidc_compat import consensus, ensure_numpy_aliases, import_pylidc
 
 
 def test_aliases_only_added_when_missing(monkeypatch):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from naslung.data.dataset import PreparedDataset, Skipped
-from naslung.data.lidc_labels import LABEL_RULES, RATING_NAMES, apply_rule
+from naslung.data.lidc_labels import LABEL_RULES, apply_rule
 from naslung.data.sources.base import SourceOptions
 from naslung.data.spec import CropSpec
 
