@@ -19,9 +19,29 @@ _LATENCY_BUCKETS = (.001, .0025, .005, .01, .02, .035, .05, .075, .1, .25, .5, 1
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class _Null:
+    """Stands in for a metric when prometheus-client is missing: every call is a no-op."""
+
+    def labels(self, *a, **k) -> "_Null":
+        return self
+
+    def inc(self, *a, **k) -> None: ...
+    def dec(self, *a, **k) -> None: ...
+    def set(self, *a, **k) -> None: ...
+    def observe(self, *a, **k) -> None: ...
+
+
 class Metrics:
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        except ImportError as e:
+            log.warning("prometheus-client is not installed (%s): metrics are disabled", e)
+            self.registry = None
+            self.requests = self.latency = self.batch_size = self.inference_seconds = _Null()
+            self.queue_depth = self.dropped_expired = self.inflight = _Null()
+            self._http = None
+            return
 
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -44,13 +64,22 @@ class Metrics:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
+    @property
+    def enabled(self) -> bool:
+        return self.registry is not None
+
     def exposition(self) -> bytes:
+        if self.registry is None:
+            return b""
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
 
-    def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
-        """Expose /metrics over HTTP; returns the bound port (pass 0 for a free one)."""
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> int | None:
+        """Expose /metrics over HTTP; returns the bound port (pass 0 for a free one), or None when disabled."""
+        if self.registry is None:
+            log.warning("metrics port requested but prometheus-client is missing; not serving metrics")
+            return None
         from prometheus_client import start_http_server
 
         self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)

@@ -201,13 +201,16 @@ def test_explain_returns_maps_png_and_crop(shared_server):
     assert a == pytest.approx(e.prediction.malignancy_probability, abs=1e-6)
 
 
-def test_server_runs_without_health_and_reflection_packages(monkeypatch, start_server, predictor, caplog):
+def test_server_runs_without_optional_packages(monkeypatch, start_server, predictor, caplog):
+    """A bare load-test box has grpcio but not the health, reflection or prometheus packages."""
     import sys
 
-    for mod in ("grpc_health", "grpc_health.v1", "grpc_reflection", "grpc_reflection.v1alpha"):
+    for mod in ("grpc_health", "grpc_health.v1", "grpc_reflection", "grpc_reflection.v1alpha", "prometheus_client"):
         monkeypatch.setitem(sys.modules, mod, None)  # import of these now raises ImportError
-    with caplog.at_level("WARNING", logger="service.server"):
-        server, client = start_server(predictor)
-    assert server.health is None and server.reflection is False
+    with caplog.at_level("WARNING", logger="service"):
+        server, client = start_server(predictor, metrics_port=0)
+    assert server.health is None and server.reflection is False and not server.metrics.enabled
+    assert server.metrics_port is None
     assert "grpcio-health-checking is not installed" in caplog.text
+    assert "prometheus-client is not installed" in caplog.text
     assert client.predict(crop_request(make_crop(2))).model_version == predictor.version
