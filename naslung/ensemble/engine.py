@@ -1,0 +1,370 @@
+"""The fast inference engine: one call runs every member of an ensemble on a batch.
+
+What it does, in order, and why:
+
+1. **BatchNorm folding** -- each Conv3d -> BatchNorm3d pair becomes one conv with a bias (exact in
+   real arithmetic; :func:`fold_bn`). Removes a full read+write of every activation.
+2. **Members run together** -- members whose architectures match (same module types and parameter
+   shapes) are stacked into one :class:`GroupedMembers`: the stem conv, which reads the shared
+   single-channel input, becomes one conv with ``M * w`` outputs, every later conv a grouped conv
+   (``groups = M``), CBAM and heads batched with ``einsum``. Different architectures become groups
+   of one, so the same code path serves every ensemble.
+3. **GPU**: bf16 activations and weights (heads and gates in fp32), ``channels_last_3d``,
+   ``torch.compile`` of the whole multi-member forward *once* (one graph for all members, one
+   compile per input shape -- never per member), and CUDA-graph replay per batch size so small
+   batches are not launch-bound.
+4. **CPU**: fp32, folded and grouped, ``inference_mode``; ``channels_last_3d`` and
+   ``torch.compile`` are options (off by default on CPU; ``bench/ensemble.py`` measures them).
+
+The output contract is the reference ensemble's: :meth:`FastEnsemble.member_proba` -> (M, N, 2)
+fp32 probabilities in member order, :meth:`FastEnsemble.predict_proba` -> (N, 2) after the rule.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from naslung.ensemble.rules import combine
+from naslung.models.blocks import ConvBNReLU, ResidualBlock
+from naslung.models.cbam import CBAM3d
+from naslung.models.heads import AMSoftmaxHead, ASoftmaxHead, SoftmaxHead
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- BN folding
+def fold_conv_bn(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> nn.Conv3d:
+    """A new Conv3d equal to ``bn(conv(x))`` in eval mode (running statistics)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics")
+    scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        w = conv.weight.double() * scale.double().reshape(-1, 1, 1, 1, 1)
+        b = conv.bias.double() if conv.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.double)
+        b = (b - bn.running_mean.double()) * scale.double() + shift.double()
+        fused.weight.copy_(w.to(conv.weight.dtype))
+        fused.bias.copy_(b.to(conv.weight.dtype))
+    return fused
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (eval mode) with every Conv3d -> BatchNorm3d pair in a Sequential fused."""
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d):
+                module._modules[a] = fold_conv_bn(conv, bn)
+                module._modules[b] = nn.Identity()
+    return model
+
+
+# ----------------------------------------------------------------------------- grouping
+def architecture_key(model: nn.Module) -> tuple:
+    """Members with equal keys can be stacked: same module types in order, same parameter shapes."""
+    types = tuple(type(m).__name__ for m in model.modules())
+    shapes = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    extra = []
+    for m in model.modules():
+        if isinstance(m, CBAM3d):
+            extra.append((m.variant, m.channel_gate.gate))
+        if isinstance(m, (ASoftmaxHead, AMSoftmaxHead, SoftmaxHead)):
+            extra.append(m.kind)
+    return types + shapes + tuple(extra)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _conv_of(m: nn.Module) -> nn.Conv3d:
+    """The (folded) conv inside a ConvBNReLU, checking that nothing but Identity/ReLU follows it."""
+    if not isinstance(m, ConvBNReLU):
+        raise _Unsupported(type(m).__name__)
+    conv, bn, act = m[0], m[1], m[2]
+    if not isinstance(conv, nn.Conv3d) or not isinstance(bn, nn.Identity) or not isinstance(act, nn.ReLU):
+        raise _Unsupported("ConvBNReLU not folded")
+    return conv
+
+
+class _GConv(nn.Module):
+    """M convs as one: shared input -> plain conv with M*out channels, else a grouped conv."""
+
+    def __init__(self, convs: Sequence[nn.Conv3d], shared_input: bool) -> None:
+        super().__init__()
+        c0 = convs[0]
+        if c0.groups != 1 or c0.dilation != (1, 1, 1):
+            raise _Unsupported("grouped/dilated member conv")
+        self.weight = nn.Parameter(torch.cat([c.weight for c in convs]).detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(torch.cat([c.bias for c in convs]).detach().clone(), requires_grad=False)
+        self.stride, self.padding = c0.stride, c0.padding
+        self.groups = 1 if shared_input else len(convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+
+
+class _GConvReLU(_GConv):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(x))
+
+
+class _GResidual(nn.Module):
+    def __init__(self, blocks: Sequence[ResidualBlock], shared_input: bool) -> None:
+        super().__init__()
+        self.conv1 = _GConvReLU([_conv_of(b.conv1) for b in blocks], shared_input)
+        self.conv2 = _GConvReLU([_conv_of(b.conv2) for b in blocks], False)
+        self.shortcut = _GConvReLU([_conv_of(b.shortcut) for b in blocks], shared_input)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x)) + self.shortcut(x)
+
+
+class _GCBAM(nn.Module):
+    """M CBAMs on (N, M*C, d, h, w); gates computed in fp32, spatial conv grouped."""
+
+    def __init__(self, cbams: Sequence[CBAM3d]) -> None:
+        super().__init__()
+        self.m = len(cbams)
+        self.variant = cbams[0].variant
+        self.gate = cbams[0].channel_gate.gate
+        self.hidden_act = not isinstance(cbams[0].channel_gate.act, nn.Identity)
+        stack = lambda ts: nn.Parameter(torch.stack([t.detach() for t in ts]).clone(), requires_grad=False)
+        self.fc1 = stack([c.channel_gate.fc1.weight for c in cbams])  # (M, hidden, C)
+        self.fc2 = stack([c.channel_gate.fc2.weight for c in cbams])  # (M, C, hidden)
+        convs = [c.spatial_gate.conv for c in cbams]
+        self.sp_weight = nn.Parameter(torch.cat([c.weight for c in convs]).detach().clone(), requires_grad=False)
+        self.sp_padding = convs[0].padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, mc, d, h, w = x.shape
+        c = mc // self.m
+        xv = x.view(n, self.m, c, d, h, w)
+        avg = xv.mean(dim=(3, 4, 5), dtype=torch.float32)
+        mx = xv.amax(dim=(3, 4, 5)).float()
+
+        def mlp(v: torch.Tensor) -> torch.Tensor:
+            z = torch.einsum("nmc,mhc->nmh", v, self.fc1.float())
+            if self.hidden_act:
+                z = torch.relu(z)
+            return torch.einsum("nmh,mch->nmc", z, self.fc2.float())
+
+        z = mlp(avg) + mlp(mx)
+        g = torch.softmax(z, dim=2) if self.gate == "softmax" else torch.sigmoid(z)
+        xc = xv * g.to(x.dtype)[:, :, :, None, None, None]
+        desc = torch.stack([xc.amax(dim=2), xc.mean(dim=2)], dim=2).reshape(n, 2 * self.m, d, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last_3d):
+            desc = desc.contiguous(memory_format=torch.channels_last_3d)
+        s = torch.sigmoid(F.conv3d(desc, self.sp_weight, None, 1, self.sp_padding, 1, self.m))
+        s = s.view(n, self.m, 1, d, h, w)
+        out = s * xv + xv if self.variant == "naslung" else s * xc
+        return out.reshape(n, mc, d, h, w)
+
+
+class _GHead(nn.Module):
+    """M heads on pooled features (N, M, C) -> logits (N, M, K), always fp32."""
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        h0 = heads[0]
+        self.kind = h0.kind
+        if self.kind == "softmax":
+            self.weight = nn.Parameter(torch.stack([h.fc.weight.detach() for h in heads]).float(), requires_grad=False)
+            self.bias = nn.Parameter(torch.stack([h.fc.bias.detach() for h in heads]).float(), requires_grad=False)
+        else:
+            w = torch.stack([F.normalize(h.weight.detach().float(), dim=1) for h in heads])
+            self.weight = nn.Parameter(w, requires_grad=False)
+            scale = [h.scale for h in heads] if self.kind == "amsoftmax" else [1.0] * len(heads)
+            self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        emb = emb.float()
+        if self.kind == "softmax":
+            return torch.einsum("nmc,mkc->nmk", emb, self.weight) + self.bias
+        norm = emb.norm(dim=2, keepdim=True)
+        cos = torch.einsum("nmc,mkc->nmk", emb / norm.clamp_min(1e-12), self.weight).clamp(-1.0, 1.0)
+        if self.kind == "asoftmax":
+            return cos * norm
+        return cos * self.scale[None, :, None]
+
+
+class GroupedMembers(nn.Module):
+    """M BN-folded NASLungNets of one architecture evaluated as one network.
+
+    Input (N, 1, S, S, S) -> probabilities (M, N, K) fp32.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.m = len(nets)
+        try:
+            n0 = nets[0]
+            stem = [list(n.stem) for n in nets]
+            if len(stem[0]) != 3:
+                raise _Unsupported("stem layout")
+            layers: list[nn.Module] = [
+                _GConvReLU([_conv_of(s[0]) for s in stem], shared_input=True),
+                _GConvReLU([_conv_of(s[1]) for s in stem], shared_input=False),
+                self._cbam([s[2] for s in stem]),
+            ]
+            for i in range(len(n0.stages)):
+                mods = [list(n.stages[i]) for n in nets]
+                for j in range(len(mods[0])):
+                    col = [ms[j] for ms in mods]
+                    if isinstance(col[0], ResidualBlock):
+                        layers.append(_GResidual(col, shared_input=False))
+                    elif isinstance(col[0], ConvBNReLU):
+                        layers.append(_GConvReLU([_conv_of(c) for c in col], shared_input=False))
+                    else:
+                        layers.append(self._cbam(col))
+            if not isinstance(n0.pool, nn.AdaptiveAvgPool3d) or n0.pool.output_size not in (1, (1, 1, 1)):
+                raise _Unsupported("pooling")
+            self.body = nn.Sequential(*layers)
+            self.head = _GHead([n.head for n in nets])
+        except (_Unsupported, AttributeError, TypeError) as e:
+            raise ValueError(f"cannot group these members ({e}); use one group per member") from None
+
+    @staticmethod
+    def _cbam(mods: Sequence[nn.Module]) -> nn.Module:
+        if all(isinstance(m, nn.Identity) for m in mods):
+            return nn.Identity()
+        if all(isinstance(m, CBAM3d) for m in mods):
+            return _GCBAM(mods)
+        raise _Unsupported(f"attention module {type(mods[0]).__name__}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        n, mc = y.shape[:2]
+        emb = y.mean(dim=(2, 3, 4), dtype=torch.float32).view(n, self.m, mc // self.m)
+        return torch.softmax(self.head(emb), dim=2).transpose(0, 1)
+
+
+# ----------------------------------------------------------------------------- engine
+class FastEnsemble:
+    """All members of an ensemble in one call; see the module docstring for what is applied where.
+
+    ``dtype``: activation dtype (default bf16 on CUDA, fp32 on CPU). ``channels_last``: use
+    ``channels_last_3d`` (default on CUDA). ``group``: stack members of matching architecture
+    into grouped convs (default off: on an H100 cuDNN's grouped 3D convs made 5 stacked members
+    2x slower than running them in turn). ``compile``: ``torch.compile`` the whole forward once (default on CUDA when
+    Triton is importable). ``cuda_graphs``: replay a captured graph per input shape (default on CUDA).
+    ``chunk``: largest batch handed to the kernels at once (bounds memory; None = whole batch).
+    """
+
+    def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
+                 dtype: torch.dtype | None = None, channels_last: bool | None = None, group: bool = False,
+                 compile: bool | None = None, cuda_graphs: bool | None = None,
+                 compile_mode: str | None = None, chunk: int | None = None) -> None:
+        if device is None:
+            device = next(ensemble.parameters()).device
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be positive, got {chunk}")
+        self.chunk = chunk
+        self.dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.rule, self.weights = ensemble.rule, ensemble.weights
+        self.member_names, self.spec = list(ensemble.member_names), ensemble.spec
+        self.manifest, self.configs = ensemble.manifest, list(getattr(ensemble, "configs", []))
+
+        folded = [fold_bn(m).to(self.device) for m in ensemble.models]
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(folded):
+            key = architecture_key(m) if group else (i,)
+            groups.setdefault(key, []).append(i)
+        self.groups: list[tuple[list[int], nn.Module]] = []
+        for idx in groups.values():
+            net = GroupedMembers([folded[i] for i in idx])
+            net = net.to(device=self.device, dtype=self.dtype).eval()
+            net.head.float()  # heads (and CBAM gate MLPs, cast in forward) stay fp32
+            if self.channels_last:
+                for p in net.parameters():
+                    if p.dim() == 5:
+                        p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+            self.groups.append((idx, net))
+        order = [i for idx, _ in self.groups for i in idx]
+        self._inverse = torch.tensor([order.index(i) for i in range(len(order))], device=self.device)
+        log.info("fast ensemble: %d members in %d group(s) %s on %s (%s, channels_last=%s)", len(order),
+                 len(self.groups), [len(i) for i, _ in self.groups], self.device, self.dtype, self.channels_last)
+
+        if compile is None:
+            compile = cuda and _triton_available()
+        self.compiled = bool(compile)
+        self._fn = self._forward
+        if self.compiled:
+            self._fn = torch.compile(self._forward, mode=compile_mode, dynamic=False)
+        self.cuda_graphs = cuda if cuda_graphs is None else bool(cuda_graphs and cuda)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.member_names)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "unsaved"))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        outs = [net(x) for _, net in self.groups]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        return out.index_select(0, self._inverse)
+
+    def _graph_call(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._graphs:
+            static_x = x.clone()
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up (compiles / autotunes) outside the capture
+                    self._fn(static_x)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._fn(static_x)
+            self._graphs[key] = (graph, static_x, static_out)
+        graph, static_x, static_out = self._graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    @torch.inference_mode()
+    def member_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, N, 2) fp32 member probabilities on normalised input (N, 1, S, S, S)."""
+        x = x.to(self.device)
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected input (N, 1, D, H, W), got {tuple(x.shape)}")
+        call = self._graph_call if self.cuda_graphs else self._fn
+        if self.chunk is None or x.shape[0] <= self.chunk:
+            return call(x)
+        return torch.cat([call(part) for part in x.split(self.chunk)], dim=1)
+
+    @torch.inference_mode()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2) probabilities after the ensemble's combination rule."""
+        return combine(self.member_proba(x), self.rule, self.weights)
+
+    __call__ = predict_proba
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
