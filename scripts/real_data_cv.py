@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--baselines-only", action="store_true", help="only the logistic regressions (seconds)")
     p.add_argument("--out", required=True, help="run directory (CV checkpoints + real_data_cv.json)")
     args = p.parse_args(argv)
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{device_description(device)}")
 
     t0 = time.perf_counter()
-    cv = cross_validate(ds, cfg, tcfg, out=args.out, progress=not args.no_progress)
+    cv = None if args.baselines_only else cross_validate(ds, cfg, tcfg, out=args.out, progress=not args.no_progress)
     cnn_seconds = time.perf_counter() - t0
     baselines = [feature_baseline(ds, ds.diameters, "logreg(diameter_mm)")]
     if all("fov_fraction" in r for r in ds.rows):
@@ -127,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         baselines.append(feature_baseline(ds, fov, "logreg(fov_fraction)"))
 
     print(f"\n{'model':<26} " + " ".join(f"{k:>12}" for k in KEYS) + f" {'pooled auc':>10}")
-    print(_row(f"{cfg.name or 'cnn'} ({n_params / 1e6:.2f} M)", cv.metrics["mean"], cv.metrics["std"],
-               cv.metrics["pooled"]))
+    if cv is not None:
+        print(_row(f"{cfg.name or 'cnn'} ({n_params / 1e6:.2f} M)", cv.metrics["mean"], cv.metrics["std"],
+                   cv.metrics["pooled"]))
     for b in baselines:
         print(_row(b["name"], b["mean"], b["std"], b["pooled"]))
     print("(mean ± sample std over test folds)")
@@ -144,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         "model": cfg.to_dict(),
         "params": n_params,
         "train": tcfg.to_dict(),
-        "cnn": {"per_fold": cv.metrics["per_fold"], "mean": cv.metrics["mean"], "std": cv.metrics["std"],
-                "pooled": cv.metrics["pooled"], "confusion": cv.confusion, "seconds": cnn_seconds},
+        "cnn": None if cv is None else {
+            "per_fold": cv.metrics["per_fold"], "mean": cv.metrics["mean"], "std": cv.metrics["std"],
+            "pooled": cv.metrics["pooled"], "confusion": cv.confusion, "seconds": cnn_seconds},
         "baselines": baselines,
         "protocol": "test fold f, validation fold f+1 (CNN early stopping/checkpoint only), train the rest; "
                     "logistic regressions fitted on train+validation",
     }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / "real_data_cv.json"
     path.write_text(json.dumps(json_safe(out), indent=2) + "\n")
     print(f"wrote {path}")
