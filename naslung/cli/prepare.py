@@ -32,9 +32,12 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="label table (luna16: annotation CSV; voi: labels.csv)")
     p.add_argument("--mapping", default=None,
                    help="luna16: LIDC-IDRI-mappingLUNA16 file giving patient ids (else found beside --labels)")
-    p.add_argument("--label-rule", default="mean", choices=("mean", "median"),
-                   help="LIDC routes: mean rating >3 malignant, <3 benign, =3 dropped; or the median")
-    p.add_argument("--min-readers", type=int, default=1, help="LIDC routes: drop nodules with fewer readers")
+    p.add_argument("--label-rule", default=None, choices=("mean", "median"),
+                   help="LIDC routes: mean rating >3 malignant, <3 benign, =3 dropped; or the median "
+                        "(default: median with >= 3 readers for lidc-shapes, mean for lidc-dicom)")
+    p.add_argument("--min-readers", type=int, default=None,
+                   help="LIDC routes: drop nodules with fewer readers "
+                        "(default: 3 for lidc-shapes, 1 for lidc-dicom)")
     p.add_argument("--label-column", default="label_naslung", help="voi: labels.csv column used as the label")
     p.add_argument("--fov-mm", default=None, metavar="X,Y,Z",
                    help="voi: pad everything outside this centred box (mm; one number = cube) so every crop "

@@ -12,8 +12,8 @@ from naslung.data.spec import CropSpec
 class SourceOptions:
     input: Path | None = None            # directory or file the source reads; None = source default
     spec: CropSpec = field(default_factory=CropSpec)
-    label_rule: str = "mean"             # LIDC routes: "mean" (NAS-Lung) or "median"
-    min_readers: int = 1                 # LIDC routes: drop nodules with fewer readers
+    label_rule: str | None = None        # LIDC routes: "mean" (NAS-Lung) or "median"; None = source default
+    min_readers: int | None = None       # LIDC routes: drop nodules with fewer readers; None = source default
     label_column: str = "label_naslung"  # VOI route: which labels.csv column is the label
     labels_csv: Path | None = None       # LUNA16 route: the label table
     limit: int | None = None             # take only the first N items (quick runs, tests)
