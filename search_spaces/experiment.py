@@ -12,6 +12,7 @@ the experiment (NNI manager included), then writes the report (:mod:`search_spac
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from search_spaces.nni_api import SECURITY_WARNING, check_port_free, free_port, require_nni, venv_bin_first
 from search_spaces.report import load_records, write_json_atomic, write_report
@@ -165,14 +166,28 @@ class _Progress(threading.Thread):
                 log.debug("progress poll failed: %s", e)
 
 
-def _trial_env(out: Path) -> None:
-    """Trials inherit this process's environment: venv bin first, our sources importable."""
+@contextlib.contextmanager
+def trial_env() -> Iterator[None]:
+    """While NNI runs: venv bin first on PATH (nnictl, python), our sources on PYTHONPATH.
+
+    NNI's manager and its trials inherit this process's environment; the previous values are
+    restored afterwards so library callers see no lasting change.
+    """
+    saved = {k: os.environ.get(k) for k in ("PATH", "PYTHONPATH", "PYTHONUNBUFFERED")}
     os.environ.update(venv_bin_first())
     src_root = str(Path(__file__).resolve().parents[1])
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if src_root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([src_root] + paths)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def build_experiment(cfg: SearchConfig, data: str | Path, out: str | Path, exp_id: str | None = None):
@@ -230,9 +245,8 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     out.mkdir(parents=True, exist_ok=True)
     ex = cfg.experiment
     port = free_port() if int(ex.port) == 0 else int(ex.port)
-    check_port_free(port)
-    _trial_env(out)
     exp, strategy, space = build_experiment(cfg, data, out, exp_id=resume)
+    check_port_free(port)
     write_json_atomic(out / "search_config.json", {**cfg.to_dict(), "space": space.to_dict(),
                                                    "data": str(Path(data).resolve()), "experiment_id": exp.id,
                                                    "port": port})
@@ -245,13 +259,14 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     progress.start()
     ok: bool | None = None
     try:
-        if resume:
-            if not exp.has_checkpoint():
-                raise RuntimeError(f"experiment {resume} is unknown to NNI (see `nnictl experiment list`); "
-                                   f"cannot resume it")
-            ok = exp.resume(port=port, debug=debug)
-        else:
-            ok = exp.run(port=port, debug=debug)
+        with trial_env():
+            if resume:
+                if not exp.has_checkpoint():
+                    raise RuntimeError(f"experiment {resume} is unknown to NNI (see `nnictl experiment list`); "
+                                       f"cannot resume it")
+                ok = exp.resume(port=port, debug=debug)
+            else:
+                ok = exp.run(port=port, debug=debug)
     except requests.exceptions.ConnectionError as e:
         raise RuntimeError(f"the NNI manager on port {port} stopped answering ({e.__class__.__name__}); see "
                            f"{out / 'nni-experiments' / exp.id / 'log' / 'nnimanager.log'}") from None

@@ -70,17 +70,17 @@ def run_hpo(model: ModelConfig, base: dict[str, Any], data: str | Path, out: str
             max_trials: int = 20, concurrency: int = 1, port: int = 8080,
             printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the HPO experiment to its budget, always stop NNI, write the report."""
-    from search_spaces.experiment import _trial_env
+    from search_spaces.experiment import trial_env
 
     port = free_port() if port == 0 else port
     check_port_free(port)
-    _trial_env(Path(out))
     exp = build_hpo_experiment(model, base, data, out, tuner, max_trials, concurrency)
     printer("WARNING: " + SECURITY_WARNING.format(port=port))
     printer(f"HPO experiment {exp.id} ({tuner}) for {model.key}: web UI http://localhost:{port}")
     t0 = time.time()
     try:
-        exp.run(port=port, wait_completion=True)
+        with trial_env():
+            exp.run(port=port, wait_completion=True)
     finally:
         exp.stop()
     summary = write_report(out)

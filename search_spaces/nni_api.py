@@ -27,15 +27,22 @@ class NNIUnavailable(RuntimeError):
     """NNI cannot be imported or does not provide the API this project was written against."""
 
 
-def require_nni() -> ModuleType:
-    """Import NNI's NAS API or raise :class:`NNIUnavailable` naming the cause and the fix."""
+NAS_MODULES = ("nni.nas.nn.pytorch", "nni.nas.experiment", "nni.nas.strategy", "nni.nas.evaluator",
+               "nni.experiment", "nni.mutable")
+
+
+def require_nni(modules: tuple[str, ...] = NAS_MODULES) -> ModuleType:
+    """Import NNI (and ``modules`` of it) or raise :class:`NNIUnavailable` naming the cause and the fix.
+
+    The default is the NAS API (it pulls in torch and Lightning: seconds); the nnictl tuner asks
+    only for ``("nni.tuner",)`` because NNI gives a tuner 10 seconds to connect.
+    """
     try:
         with warnings.catch_warnings():
             # NNI 3.0 scans torch.nn for layers and warns about every newer torch class it does not know.
             warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*", category=RuntimeWarning)
             nni = importlib.import_module("nni")
-            for mod in ("nni.nas.nn.pytorch", "nni.nas.experiment", "nni.nas.strategy", "nni.nas.evaluator",
-                        "nni.experiment", "nni.mutable"):
+            for mod in modules:
                 importlib.import_module(mod)
     except Exception as e:  # noqa: BLE001 - any import failure means "NNI is broken here"
         raise NNIUnavailable(

@@ -99,7 +99,8 @@ def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any
     ax.set_ylabel(objective.replace("_", " ") + " (validation fold)")
     ax.set_title("NASLung search: accuracy vs latency")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ok or front:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

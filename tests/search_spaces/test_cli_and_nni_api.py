@@ -1,0 +1,97 @@
+"""The `naslung search` command surface, the shipped configs, and NNI behind our interface."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from naslung.cli.main import build_parser
+from search_spaces.experiment import SearchConfig
+from search_spaces.space import SpaceSpec, encoding_labels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_has_a_real_example(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--data", "--config", "--max-trials", "--trial-concurrency", "--gpus", "--trials-per-gpu",
+                 "--port", "--resume", "--out"):
+        assert flag in out
+    assert "naslung search --data runs/data --config examples/search_naslung.yml" in out
+    assert "ALL interfaces" in out
+
+
+def test_gpus_flag_parses_indices():
+    args = build_parser().parse_args(["search", "--out", "r", "--gpus", "0,1", "--trials-per-gpu", "4"])
+    assert args.gpus == [0, 1] and args.trials_per_gpu == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--out", "r", "--gpus", "a"])
+
+
+def test_shipped_configs_are_valid_and_agree():
+    cfg = SearchConfig.from_file(ROOT / "examples" / "search_naslung.yml")
+    spec = SpaceSpec.from_dict(cfg.space)
+    assert spec.widths == (4, 8, 16, 32, 64, 128) and (spec.min_blocks, spec.max_blocks) == (3, 9)
+    nni_cfg = yaml.safe_load((ROOT / "examples" / "search.yml").read_text())
+    assert "search_spaces.trial" in nni_cfg["trialCommand"]
+    assert nni_cfg["tuner"]["className"] == "search_spaces.tuner.NasLungTuner"
+    assert sorted(nni_cfg["searchSpace"]) == sorted(encoding_labels(spec))
+    assert nni_cfg["searchSpace"]["b0_width"]["_value"] == list(spec.widths)
+    assert nni_cfg["searchSpace"]["s0_depth"]["_value"] == list(range(1, spec.max_stage_depth + 1))
+
+
+def test_nni_config_is_accepted_by_nni():
+    pytest.importorskip("nni")
+    from nni.experiment.config import ExperimentConfig
+
+    raw = yaml.safe_load((ROOT / "examples" / "search.yml").read_text())
+    config = ExperimentConfig(**raw)
+    config._base_path = ROOT / "examples"
+    canon = config.canonical_copy()
+    assert Path(canon.trial_code_directory).resolve() == ROOT
+    assert canon.tuner.class_name == "search_spaces.tuner.NasLungTuner"
+
+
+def test_search_config_errors_name_the_field(tmp_path):
+    p = tmp_path / "bad.yml"
+    p.write_text("space: {widths: [4, 8], max_blocks: 2}\n")
+    with pytest.raises(ValueError, match="bad.yml.*min_blocks"):
+        SearchConfig.from_file(p)
+    p.write_text("experiment: {max_trial: 3}\n")
+    with pytest.raises(ValueError, match="max_trial"):
+        SearchConfig.from_file(p)
+
+
+def test_broken_nni_gives_a_clear_error(monkeypatch):
+    from search_spaces import nni_api
+
+    real_import = nni_api.importlib.import_module
+
+    def broken(name, *a, **kw):
+        if name.startswith("nni"):
+            raise ImportError("simulated drift: cannot import name 'Mutable'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(nni_api.importlib, "import_module", broken)
+    with pytest.raises(nni_api.NNIUnavailable, match="needs NNI 3.0.*simulated drift.*pip install nni==3.0"):
+        nni_api.require_nni()
+
+
+def test_port_helpers():
+    import socket
+
+    from search_spaces.nni_api import check_port_free, free_port, venv_bin_first
+
+    port = free_port()
+    check_port_free(port)
+    with socket.socket() as s:
+        s.bind(("", port))
+        s.listen(1)
+        with pytest.raises(RuntimeError, match=f"port {port} is already in use"):
+            check_port_free(port)
+    import sys
+
+    assert venv_bin_first({"PATH": "/usr/bin"})["PATH"].split(":")[0] == str(Path(sys.executable).parent)

@@ -1,0 +1,54 @@
+"""The trial entry point: one real (tiny) trial in-process, and the parameter routes of nnictl."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from naslung.models.config import ModelConfig
+from search_spaces.space import Arch, SpaceSpec, encode
+from search_spaces.trial import TrialSpec, _params_to_trial, nni_metric, run_trial
+
+TRAIN = {"epochs": 1, "batch_size": 16, "patience": 0, "min_epochs": 1, "augment": False, "amp": False}
+LAT = {"batch_size": 1, "warmup": 1, "repeats": 2}
+
+
+def test_run_trial_scores_validation_only_and_writes_its_record(tiny_dataset_dir, tmp_path):
+    cfg = ModelConfig(stages=((4,), (4,), (8,)), in_size=16)
+    spec = TrialSpec(data=str(tiny_dataset_dir), out=str(tmp_path), train=TRAIN, latency=LAT, device="cpu")
+    rec = run_trial(cfg, spec, seq=3, trial_id="abc")
+    assert rec["status"] == "SUCCEEDED" and rec["arch"] == cfg.key
+    assert 0 <= rec["val_accuracy"] <= 1 and rec["val_n"] > 0
+    assert rec["params"] > 0 and rec["flops"] > 0 and rec["latency_ms"] > 0
+    assert not any(k.startswith("test") for k in rec)
+    on_disk = json.loads((tmp_path / "trials" / "00003_abc.json").read_text())
+    assert on_disk == rec
+    m = nni_metric(rec)
+    assert m["default"] == rec["val_accuracy"] and m["latency_ms"] == rec["latency_ms"]
+
+
+def test_nnictl_params_architecture_route():
+    space = {"widths": [4, 8, 16], "max_blocks": 5, "in_size": 16}
+    arch = Arch(((4,), (8, 8), (16,)))
+    params = encode(arch, SpaceSpec.from_dict(space))
+    cfg, spec = _params_to_trial(params, {"space": space, "trial": {"data": "d", "train": TRAIN}})
+    assert cfg.stages == arch.stages and cfg.in_size == 16 and spec.train == TRAIN
+    params["b0_width"] = 16  # decreasing widths: only a foreign tuner would send this
+    with pytest.raises(ValueError, match="NasLungTuner"):
+        _params_to_trial(params, {"space": space, "trial": {"data": "d"}})
+
+
+def test_nnictl_params_hpo_route():
+    cfg, spec = _params_to_trial({"lr": 0.003, "batch_size": 32, "epochs": 10, "margin": 3},
+                                 {"model": "tiny", "trial": {"data": "d", "train": {"epochs": 2}}})
+    assert spec.train == {"epochs": 10, "lr": 0.003, "batch_size": 32}
+    assert spec.model_overrides == {"margin": 3}
+    with pytest.raises(ValueError, match="model:"):
+        _params_to_trial({"lr": 0.01}, {"trial": {"data": "d"}})
+
+
+def test_trial_spec_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown trial fields"):
+        TrialSpec.from_dict({"data": "d", "epochs": 3})
+    with pytest.raises(ValueError, match="objective"):
+        TrialSpec(data="d", objective="f1")
