@@ -1,0 +1,120 @@
+"""``naslung ensemble``: choose K members, retrain them on one fold's training split, write a bundle.
+
+Members come from a search run (``--search RUN``: top by validation metric, the Pareto front, or a
+diversity-aware greedy choice), from model config files (``--configs``) or registered names
+(``--models``). Each is retrained on the training folds of ``--fold`` (validation = next fold for
+early stopping, weights and selection; the test fold is predicted once). The bundle records the
+members' configs and metrics, the training-data fingerprint, the rule and every weight's SHA-256.
+"""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  naslung ensemble --search runs/search --data runs/data --top 5 --out runs/bundle
+  naslung ensemble --search runs/search --data runs/data --top 3 --select diverse --pool 6 --rule weighted --out runs/b2
+  naslung ensemble --models tiny tiny tiny --data runs/data --epochs 3 --rule vote --out runs/tiny-bundle
+  naslung ensemble --configs runs/search/top/1.json runs/search/top/2.json --data runs/data --out runs/b3
+"""
+
+
+def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("ensemble", help="retrain selected models and write a checksummed bundle",
+                              description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--search", help="search run directory (naslung search --out)")
+    src.add_argument("--configs", nargs="+", help="model config JSON files")
+    src.add_argument("--models", nargs="+", help="registered model names (see `naslung profile`)")
+    p.add_argument("--data", required=True, help="prepared dataset directory with folds")
+    p.add_argument("--top", type=int, default=5, help="K, the number of members (with --search)")
+    p.add_argument("--select", choices=("top", "pareto", "diverse"), default="top",
+                   help="how to pick K members from the search")
+    p.add_argument("--metric", default="val_accuracy", help="search record field to rank by (val_accuracy, val_auc)")
+    p.add_argument("--pool", type=int, default=None,
+                   help="--select diverse: train this many top candidates, keep the K most useful (default 2K)")
+    p.add_argument("--diversity", type=float, default=0.5, help="--select diverse: weight of disagreement")
+    p.add_argument("--rule", choices=("mean", "vote", "weighted"), default="mean",
+                   help="mean probability, majority vote (the paper's), or validation-fitted weights")
+    p.add_argument("--fold", type=int, default=0, help="outer fold: its test fold is held out")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=15)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="member i trains with seed + i")
+    p.add_argument("--version", default=None, help="bundle version string (default: content hash)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    return p
+
+
+def _fmt(m, k) -> str:
+    v = (m or {}).get(k)
+    return "  n/a" if v is None or v != v else f"{v:.3f}"
+
+
+def _candidates(args):
+    from naslung.ensemble.selection import Candidate, load_search_candidates, select_pareto, select_top
+    from naslung.models import get_config
+    from naslung.models.config import ModelConfig
+
+    if args.models:
+        return [Candidate(f"{n}-{i}", get_config(n), info={"model": n}) for i, n in enumerate(args.models)], False
+    if args.configs:
+        return [Candidate(f"{i}-{(c := ModelConfig.from_file(p)).name or 'config'}", c, info={"config_file": p})
+                for i, p in enumerate(args.configs)], False
+    cands = load_search_candidates(args.search)
+    k = args.top
+    if args.select == "diverse":
+        pool = args.pool or 2 * k
+        return [cands[i] for i in select_top(cands, pool, args.metric)], True
+    pick = select_pareto if args.select == "pareto" else select_top
+    return [cands[i] for i in pick(cands, k, args.metric)], False
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from naslung.data.dataset import PreparedDataset
+    from naslung.ensemble.build import build_bundle
+    from naslung.train import TrainConfig
+
+    ds = PreparedDataset.load(args.data)
+    if ds.summary()["folds"] < 3:
+        raise ValueError(f"{args.data}: needs at least 3 assigned folds (naslung prepare --folds K)")
+    cands, diverse = _candidates(args)
+    k = args.top if (args.search or diverse) else len(cands)
+    if len(cands) < k and not diverse:
+        print(f"note: only {len(cands)} distinct candidates available; building a {len(cands)}-member bundle")
+        k = len(cands)
+    if args.rule == "vote" and k % 2 == 0:
+        raise ValueError(f"majority vote with an even number of members ({k}) can tie; choose an odd K")
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                       seed=args.seed, device=args.device)
+    print(f"data {args.data}: {len(ds)} crops, fold {args.fold} held out; training {len(cands)} "
+          f"candidate(s){' (diverse pool)' if diverse else ''} on {tcfg.resolved_device()}, rule {args.rule}")
+
+    def on_member(i, n, r):
+        print(f"  [{i + 1}/{n}] {r['name']:<24} {r['arch']:<34} val acc {_fmt(r['val'], 'accuracy')} "
+              f"auc {_fmt(r['val'], 'auc')}", flush=True)
+
+    t0 = time.perf_counter()
+    rep = build_bundle(ds, cands, tcfg, args.out, k=k, rule=args.rule, fold=args.fold, diverse=diverse,
+                       diversity=args.diversity, version=args.version, overwrite=args.force,
+                       progress=not args.no_progress, on_member=on_member)
+    keys = ("accuracy", "sensitivity", "specificity", "f1", "auc")
+    head = f"{'member':<24} {'weight':>6} " + " ".join(f"{'val ' + k[:4]:>9}" for k in ("accuracy", "auc")) \
+        + " " + " ".join(f"{'test ' + k[:4]:>9}" for k in keys)
+    print(head)
+    print("-" * len(head))
+    for i, m in enumerate(rep.members):
+        w = f"{rep.weights[i]:.3f}" if rep.weights else "-"
+        print(f"{m['name']:<24} {w:>6} " + " ".join(f"{_fmt(m['val'], k):>9}" for k in ("accuracy", "auc"))
+              + " " + " ".join(f"{_fmt(m['test'], k):>9}" for k in keys))
+    print("-" * len(head))
+    print(f"{'ensemble (' + rep.rule + ')':<24} {'':>6} "
+          + " ".join(f"{_fmt(rep.ensemble_val, k):>9}" for k in ("accuracy", "auc")) + " "
+          + " ".join(f"{_fmt(rep.ensemble_test, k):>9}" for k in keys))
+    print(f"wrote bundle {rep.bundle} (version {rep.version}) in {time.perf_counter() - t0:.1f} s")
+    return 0

@@ -1,0 +1,53 @@
+"""``naslung evaluate``: accuracy, sensitivity, specificity, F1, AUC and n of a bundle on a dataset.
+
+By default the bundle is evaluated on its held-out test fold when the dataset is the one it was
+trained on (same fingerprint), and on every crop of any other dataset. ``--json`` prints exactly
+one JSON object with exactly those six keys (NaN as null) on stdout, nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  naslung evaluate --bundle runs/bundle --data runs/data
+  naslung evaluate --bundle runs/bundle --data runs/data --fold 2 --json
+  naslung evaluate --bundle runs/bundle --data runs/external --all --fast --device cuda
+"""
+
+
+def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("evaluate", help="metrics of an ensemble bundle on a prepared dataset",
+                              description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
+    p.add_argument("--bundle", required=True, help="bundle directory (naslung ensemble --out)")
+    p.add_argument("--data", required=True, help="prepared dataset directory (naslung prepare --out)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fold", type=int, default=None, help="evaluate on this fold only")
+    g.add_argument("--all", action="store_true", help="evaluate on every crop (warns if they trained the bundle)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the six metrics")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--fast", action="store_true", help="use the fast inference engine")
+    p.add_argument("--batch-size", type=int, default=64)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from naslung.data.dataset import PreparedDataset
+    from naslung.ensemble import load_bundle
+    from naslung.ensemble.evaluate import METRICS, choose_indices, evaluate_bundle
+
+    ens = load_bundle(args.bundle, device=args.device)
+    ds = PreparedDataset.load(args.data, mmap=True)
+    idx, subset = choose_indices(ds, ens.manifest, args.fold, args.all)
+    predictor = ens.fast(args.device) if args.fast else ens
+    ev = evaluate_bundle(predictor, ds, idx, batch_size=args.batch_size, device=args.device, subset=subset)
+    if args.json:
+        print(json.dumps({k: ev.metrics[k] for k in METRICS}))
+        return 0
+    print(f"bundle {args.bundle} (version {ens.version}, {len(ens)} members, rule {ens.rule}) on "
+          f"{args.data}: {subset}")
+    for k in METRICS:
+        v = ev.metrics[k]
+        print(f"  {k:<12} {'n/a' if v is None else (v if k == 'n' else f'{v:.4f}')}")
+    return 0
