@@ -30,7 +30,6 @@ import numpy as np
 
 from service.batching import BatchConfig, BatcherClosed, DeadlineExpired, DynamicBatcher, ItemResult, QueueFull
 from service.generated import nodule_service_pb2 as pb
-from service.generated import nodule_service_pb2_grpc as pb_grpc
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.validation import Limits, RequestError, crop_from_request
@@ -84,7 +83,7 @@ def _safe_parser(cls) -> Callable[[bytes], Any]:
     return parse
 
 
-def _rpc_handlers(servicer: "NoduleServicer") -> grpc.GenericRpcHandler:
+def _rpc_handlers(servicer: "NoduleServicer") -> dict[str, grpc.RpcMethodHandler]:
     ser = lambda msg: msg.SerializeToString()  # noqa: E731
     handlers = {
         "Predict": grpc.unary_unary_rpc_method_handler(
@@ -97,7 +96,7 @@ def _rpc_handlers(servicer: "NoduleServicer") -> grpc.GenericRpcHandler:
             servicer.GetModelInfo, request_deserializer=_safe_parser(pb.GetModelInfoRequest),
             response_serializer=ser),
     }
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    return handlers
 
 
 class _Fail(Exception):
@@ -142,7 +141,11 @@ def _flatten_metrics(d: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-class NoduleServicer(pb_grpc.NoduleServiceServicer):
+class NoduleServicer:
+    """The four RPCs. Registered with generic handlers (see :func:`_rpc_handlers`) rather than the
+    generated ``add_NoduleServiceServicer_to_server``, so that bad request bytes become
+    INVALID_ARGUMENT and the server runs on older grpcio releases than the generated stub needs."""
+
     def __init__(self, predictor: Predictor, batcher: DynamicBatcher, config: ServerConfig, metrics: Metrics) -> None:
         self.predictor = predictor
         self.batcher = batcher
@@ -436,7 +439,10 @@ class NoduleServer:
         self._pool = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="naslung-rpc")
         self.server = grpc.server(self._pool, interceptors=interceptors, options=options,
                                   maximum_concurrent_rpcs=cfg.workers)
-        self.server.add_generic_rpc_handlers((_rpc_handlers(self.servicer),))
+        handlers = _rpc_handlers(self.servicer)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        if hasattr(self.server, "add_registered_method_handlers"):  # grpcio >= 1.63: faster method lookup
+            self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
         self.health = self._add_health()
         self.reflection = self._add_reflection()
         self.port: int | None = None
