@@ -131,7 +131,7 @@ def _member_maps(model: nn.Module, x: torch.Tensor, target: int, methods: list[s
                 log.warning("%s has no CBAM spatial gates (cbam='none'?); no attention maps", name)
             raws.extend(found)
         elif method == "gradcam":
-            raws.append(M.gradcam_map(model, x, target))
+            raws.append(M.gradcam_map(model, x, target, options.get("gradcam_layer")))
         elif method == "ig":
             raws.append(M.ig_map(model, x, target, n_steps=int(options.get("ig_steps", 32))))
         elif method == "occlusion":
@@ -153,7 +153,7 @@ def explain(predictor: Any, crop_hu: np.ndarray, spec: CropSpec,
     """Predict ``crop_hu`` (S, S, S) HU and explain it with ``methods``.
 
     ``target`` is the class to explain (default: the predicted one). ``options``: ``ig_steps``,
-    ``occlusion_window``, ``occlusion_stride``.
+    ``occlusion_window``, ``occlusion_stride``, ``gradcam_layer`` (module name, default last stage).
     """
     methods = _check_methods(methods)
     crop = np.asarray(crop_hu)

@@ -10,8 +10,10 @@
   32^3 crop at 1 mm): 7^3 = 343 forward passes whatever the crop size; a 4 mm window with 2 mm
   stride costs ten times that (3375 passes, minutes on a CPU).
 
-All methods explain the model's logits (its ``forward``), which do not saturate like probabilities;
-maps are returned raw, :mod:`naslung.explain.attribution` scales them.
+All methods explain the target class's log-odds computed from the model's logits (its ``forward``):
+unlike probabilities they do not saturate, and unlike a single raw logit they include evidence
+stored in the other class's logit. Maps are returned raw; :mod:`naslung.explain.attribution`
+scales them.
 """
 from __future__ import annotations
 
@@ -126,15 +128,43 @@ def last_stage(model: nn.Module) -> tuple[str, nn.Module]:
     return convs[-1]
 
 
+class LogOdds(nn.Module):
+    """Wraps a model so output ``t`` is the log-odds of class ``t``: z_t - logsumexp(z_others).
+
+    With two classes this is z_t - z_other = logit(p_t), the quantity the softmax decision rests on.
+    Explaining the raw logit z_t alone can miss evidence a model stores in the other class's logit
+    (a malignant cube may act by *lowering* the benign logit); log-odds sees both.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x).float()
+        k = z.shape[1]
+        eye = torch.eye(k, dtype=torch.bool, device=z.device)
+        others = z[:, None, :].expand(-1, k, -1).masked_fill(eye, float("-inf"))
+        return z - torch.logsumexp(others, dim=2)
+
+
 def _forward_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    return model
+    return LogOdds(model)
 
 
-def gradcam_map(model: nn.Module, x: torch.Tensor, target: int) -> RawMap:
+def gradcam_map(model: nn.Module, x: torch.Tensor, target: int, layer_name: str | None = None) -> RawMap:
+    """Grad-CAM on ``layer_name`` (a module name such as "stages.0"), by default the last stage."""
     from captum.attr import LayerGradCam
 
     _check_input(x)
-    name, layer = last_stage(model)
+    if layer_name:
+        named = dict(model.named_modules())
+        if layer_name not in named:
+            raise ValueError(f"Grad-CAM layer {layer_name!r} is not a module of {type(model).__name__}; "
+                             f"try one of: {', '.join(n for n in named if n.count('.') <= 1 and n)}")
+        name, layer = layer_name, named[layer_name]
+    else:
+        name, layer = last_stage(model)
     gc = LayerGradCam(_forward_fn(model), layer)
     attr = gc.attribute(x, target=target, relu_attributions=False)
     if attr.ndim != 5:

@@ -56,7 +56,8 @@ class Browser:
         if not targets:
             self.close()
             raise RuntimeError("chromium has no page target")
-        self.ws = connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout)
+        self._conn = connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout)
+        self.ws = self._conn.__enter__() if hasattr(self._conn, "__enter__") else self._conn
         self.timeout = timeout
         self._id = 0
         self.events: list[dict[str, Any]] = []
@@ -134,8 +135,11 @@ class Browser:
 
     def close(self) -> None:
         try:
-            if getattr(self, "ws", None) is not None:
-                self.ws.close()
+            if getattr(self, "_conn", None) is not None:
+                if hasattr(self._conn, "__exit__"):
+                    self._conn.__exit__(None, None, None)
+                else:
+                    self._conn.close()
         finally:
             self.proc.terminate()
             try:
