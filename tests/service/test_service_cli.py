@@ -49,6 +49,10 @@ def test_predict_cli_crop_stack_and_volume(start_server, predictor, tmp_path, ca
     pv = client.predict_volume(vol, (0.9, 0.9, 1.2), world, (-10.0, -20.0, -50.0)).malignancy_probability
     assert f"{pv:.4f}" in out
 
+    sitk.WriteImage(img, str(tmp_path / "scan.mhd"))  # MetaImage (.mhd + .raw) reads the same
+    assert main(["predict", "--server", target, "--input", str(tmp_path / "scan.mhd"), "--world", *map(str, world)]) == 0
+    assert f"{pv:.4f}" in capsys.readouterr().out
+
     assert main(argv[:-4]) == 1  # a volume without --world
     assert "--world" in capsys.readouterr().err
 
@@ -66,6 +70,25 @@ def test_predict_cli_explain_writes_maps(start_server, predictor, tmp_path, caps
     assert any(f.startswith("gradcam") and f.endswith(".png") for f in files)
     maps = [np.load(out_dir / f) for f in files if f.startswith("gradcam") and f.endswith(".npy")]
     assert maps and maps[0].shape == (16, 16, 16)
+
+
+def test_predict_cli_explain_volume_writes_world_aligned_nifti(start_server, predictor, tmp_path, capsys):
+    pytest.importorskip("naslung.explain.core", reason="naslung.explain (H7) not available")
+    import SimpleITK as sitk
+
+    server, _ = start_server(predictor)
+    img = sitk.GetImageFromArray(np.random.default_rng(2).normal(-600, 200, (20, 24, 24)).astype(np.int16))
+    img.SetSpacing((1.0, 1.0, 1.5))
+    sitk.WriteImage(img, str(tmp_path / "scan.nii.gz"))
+    out_dir = tmp_path / "expl"
+    rc = main(["predict", "--server", f"127.0.0.1:{server.port}", "--input", str(tmp_path / "scan.nii.gz"),
+               "--world", "12", "11", "15", "--explain", "--methods", "cbam", "--out", str(out_dir)])
+    assert rc == 0, capsys.readouterr()
+    niftis = sorted(out_dir.glob("cbam*.nii.gz"))
+    assert niftis
+    m = sitk.ReadImage(str(niftis[0]))
+    assert m.GetSize() == (16, 16, 16)
+    np.testing.assert_allclose(m.GetOrigin(), (12 - 8, 11 - 8, 15 - 8))  # voxel S//2 sits on the world point
 
 
 def test_serve_process_drains_on_sigterm(tiny_bundle):
