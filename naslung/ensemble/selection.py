@@ -69,11 +69,11 @@ def select_top(cands: Sequence[Candidate], k: int, metric: str = "val_accuracy")
 
 def select_pareto(cands: Sequence[Candidate], k: int, metric: str = "val_accuracy") -> list[int]:
     """Pareto-front members first (best ``metric`` first), topped up with the best of the rest."""
-    order = _unique(rank(cands, metric), cands)
-    front = [i for i in order if cands[i].pareto]
+    order = rank(cands, metric)
+    front = _unique([i for i in order if cands[i].pareto], cands)
     if len(front) < k:
         log.info("Pareto front has %d distinct members; filling up to %d by %s", len(front), k, metric)
-    return (front + [i for i in order if not cands[i].pareto])[:k]
+    return _unique(front + [i for i in order if not cands[i].pareto], cands)[:k]
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
