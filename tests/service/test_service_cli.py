@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -93,13 +94,13 @@ def test_predict_cli_explain_volume_writes_world_aligned_nifti(start_server, pre
 
 def test_serve_process_drains_on_sigterm(tiny_bundle):
     cmd = [sys.executable, "-m", "naslung", "serve", "--bundle", str(tiny_bundle), "--port", "0",
-           "--max-batch", "64", "--max-delay-ms", "1500", "--engine", "naive", "--threads", "1"]
+           "--max-batch", "64", "--max-delay-ms", "3000", "--engine", "naive", "--threads", "1", "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
     try:
-        port = None
+        port = metrics_port = None
         deadline = time.monotonic() + 60
         lines = []
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and metrics_port is None:
             line = proc.stdout.readline()
             if not line:
                 break
@@ -107,8 +108,10 @@ def test_serve_process_drains_on_sigterm(tiny_bundle):
             m = re.search(r"serving naslung\.v1\.NoduleService on 127\.0\.0\.1:(\d+)", line)
             if m:
                 port = int(m.group(1))
-                break
-        assert port, "".join(lines)
+            m = re.search(r"^metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+            if m:
+                metrics_port = int(m.group(1))
+        assert port and metrics_port, "".join(lines)
         client = NoduleClient(f"127.0.0.1:{port}", timeout=20)
         got = {}
 
@@ -120,7 +123,15 @@ def test_serve_process_drains_on_sigterm(tiny_bundle):
 
         t = threading.Thread(target=call)
         t.start()
-        time.sleep(0.5)  # the request now waits in the batch queue (max delay 1.5 s)
+        # SIGTERM once the request waits in the batch queue (it stays there up to the 3 s max delay)
+        queued = False
+        for _ in range(200):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            if "naslung_queue_depth 1.0" in text:
+                queued = True
+                break
+            time.sleep(0.05)
+        assert queued, "the request never reached the batch queue"
         proc.send_signal(signal.SIGTERM)
         t.join(15)
         assert "r" in got, got  # the in-flight request was answered, not dropped

@@ -118,6 +118,15 @@ def test_fuzz_raw_bytes(fuzz_target, blob):
     _call(raw, blob, seen)
 
 
+@settings(FUZZ, max_examples=100)
+@given(method=st.sampled_from(["Explain", "GetModelInfo"]), blob=st.binary(max_size=500))
+def test_fuzz_raw_bytes_other_methods(fuzz_target, method, blob):
+    server, client, raw, seen = fuzz_target
+    call = client.channel.unary_unary(f"/naslung.v1.NoduleService/{method}",
+                                      request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    _call(call, blob, seen)
+
+
 @settings(FUZZ, max_examples=60)
 @given(reqs=st.lists(requests(), min_size=1, max_size=5))
 def test_fuzz_streams_answer_every_item(fuzz_target, reqs):

@@ -159,7 +159,7 @@ def test_expired_requests_are_dropped_not_run(start_server, predictor):
     assert slow.started.wait(5)
     t0 = time.monotonic()
     code, _ = _code(client.predict, crop_request(make_crop(1)), timeout=0.15)
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 0.5
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 2.0
     first.join(10)
     time.sleep(0.3)
     assert slow.n_crops == 1  # the expired request never reached the model
