@@ -77,8 +77,8 @@ def _vector(values, n_allowed: tuple[int, ...], field: str, *, positive: bool = 
     if len(v) == 0 and 0 in n_allowed:
         return None
     if len(v) not in n_allowed:
-        want = " or ".join(str(k) for k in n_allowed if k) + (" (or none)" if 0 in n_allowed else "")
-        raise RequestError(f"{field} must have {want} values, got {len(v)}")
+        want = " or ".join(str(k) for k in n_allowed if k)
+        raise RequestError(f"{field} must have {want} values{' (or none)' if 0 in n_allowed else ''}, got {len(v)}")
     for i, x in enumerate(v):
         if not math.isfinite(x):
             raise RequestError(f"{field}[{i}] = {x} is not a finite number")
