@@ -9,7 +9,6 @@ only torch and numpy exist; scikit-learn and tqdm are imported when needed.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time

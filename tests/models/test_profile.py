@@ -1,4 +1,3 @@
-import torch
 from torch import nn
 
 from naslung.models import ModelConfig, build_model, count_macs, count_params, get_config, profile_model
