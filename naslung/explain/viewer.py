@@ -133,7 +133,10 @@ _TEMPLATE = r"""<!DOCTYPE html>
   const maps = D.maps.map(m => Object.assign({}, m, {values: decode(m.data)}));
   const lut = D.lut;
   const state = {slice: {axial: S >> 1, coronal: S >> 1, sagittal: S >> 1},
-                 method: maps.length ? maps[0].key : "none", opacity: 0.45, window: "lung"};
+                 method: "none", opacity: 0.45, window: "lung"};
+  // Open on the map that reads best at a glance: Grad-CAM, then the others in order.
+  for (const k of ["gradcam", "occlusion", "ig"]) if (maps.some(m => m.key === k)) { state.method = k; break; }
+  if (state.method === "none" && maps.length) state.method = maps[0].key;
   // Same display convention as the PNG: volume (z, y, x), LPS; patient right on the image left.
   const PLANES = {
     axial:    {letters: ["A", "P", "R", "L"], at: (i, r, c) => (i * S + r) * S + c},

@@ -47,6 +47,8 @@ def test_viewer_in_headless_chromium(tmp_path, browser, tiny_model, blob_crop):
     assert browser.eval(f"{v}.methods") == [m.key for m in e.maps]
     assert browser.eval("document.getElementById('prediction').textContent") == e.predicted_name
     assert browser.eval("document.getElementById('canvas-axial').dataset.slice") == "8"
+    assert browser.eval(f"{v}.state.method") == "gradcam"  # opens on Grad-CAM when present
+    browser.eval(f"{v}.setMethod('cbam_stem')")
 
     # Moving a slider changes the shown slice: state, label, data-slice and the canvas pixels.
     before = {p: browser.eval(f"{v}.checksum('{p}')") for p in ("axial", "coronal", "sagittal")}
