@@ -9,6 +9,7 @@ Predict, waits for the answer, sends the next) for ``--duration`` seconds after 
     python bench/service.py --device cuda --max-batch 64 --concurrency 1,64 --client-procs 4 \\
         --duration 20 --out bench-service-h100.json                      # GPU
     python bench/service.py --concurrency 8 --duration 600 --rss-interval 10   # 10-minute soak
+    python bench/service.py --models null --concurrency 64 --client-procs 4    # server ceiling, no model
 
 Needs only torch, numpy, grpcio and protobuf. No protobuf on the box? Carry this repo's
 ``.venv/lib/python3.11/site-packages/google`` (pure Python + an abi3 extension, so any CPython >= 3.9
@@ -50,6 +51,8 @@ def serve_main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.bundle:
         pred = load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch)
+    elif args.models == "null":
+        pred = NullPredictor()
     else:
         pred = EnsemblePredictor(random_ensemble(args.models.split(",")), device=args.device, engine=args.engine,
                                  max_batch=args.max_batch)
@@ -61,6 +64,30 @@ def serve_main(args: argparse.Namespace) -> int:
                           "engine": pred.engine, "version": pred.version}), flush=True)
 
     return serve(pred, cfg, on_ready=ready)
+
+
+class NullPredictor:
+    """No model: answers 0.5 at once. Measures the server's own ceiling (gRPC, validation, batching)."""
+
+    engine = "null"
+    version = "null"
+    threshold = 0.5
+    member_names = [f"null-{i}" for i in range(5)]
+
+    def __init__(self) -> None:
+        from naslung.data.spec import CropSpec
+
+        self.spec = CropSpec(size=32)
+        self.lock = threading.RLock()
+
+    def info(self) -> dict:
+        return {"version": self.version, "members": [{"name": n} for n in self.member_names]}
+
+    def predict(self, crops):
+        from service.predictor import BatchPrediction
+
+        p = np.full((len(crops), 2), 0.5, np.float32)
+        return BatchPrediction(p, np.stack([p] * len(self.member_names)))
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, dict]:
@@ -236,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default=None, help="bundle to serve (default: untrained --models)")
     p.add_argument("--models", default="model1,model1,model1,model1,model1",
-                   help="comma-separated registry models with random weights (a 5-member ensemble by default)")
+                   help="comma-separated registry models with random weights (a 5-member ensemble by default); "
+                        "'null' = no model, to measure the server's own ceiling")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--engine", default="auto", choices=("auto", "naive", "fast"))
     p.add_argument("--max-batch", type=int, default=32)
