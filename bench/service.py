@@ -259,6 +259,20 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def check_imports() -> str | None:
+    """Why the generated protobuf code cannot be imported here, or None."""
+    try:
+        import grpc  # noqa: F401
+
+        from service.generated import nodule_service_pb2  # noqa: F401
+    except Exception as e:  # ImportError, protobuf VersionError, ...
+        return (f"cannot import the service's protobuf code ({type(e).__name__}: {e}).\n"
+                "This needs grpcio and protobuf >= 7.35 (the version that generated service/generated/). "
+                "On a box without it, carry this repo's .venv/lib/python3.11/site-packages/google and run with "
+                "PYTHONPATH=.venv/lib/python3.11/site-packages")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default=None, help="bundle to serve (default: untrained --models)")
@@ -281,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    problem = check_imports()
+    if problem:
+        print(f"bench/service.py: {problem}", file=sys.stderr)
+        return 2
     if args.serve:
         return serve_main(args)
 
