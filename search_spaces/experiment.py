@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -22,7 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from search_spaces.nni_api import SECURITY_WARNING, check_port_free, free_port, require_nni, venv_bin_first
+from search_spaces.nni_api import (SECURITY_WARNING, check_port_free, free_port, patch_nas_resume, require_nni,
+                                   venv_bin_first)
 from search_spaces.report import load_records, write_json_atomic, write_report
 from search_spaces.space import SpaceSpec
 from search_spaces.trial import TrialSpec
@@ -142,7 +144,9 @@ class _Progress(threading.Thread):
         super().__init__(daemon=True)
         self.run_dir, self.total, self.printer, self.interval = run_dir, total, printer, interval
         self.stop_event = threading.Event()
-        self.seen: set[str] = set()
+        # Records already on disk (a resumed run) are not news.
+        self.seen: set[str] = {f"{r.get('seq')}_{r.get('trial_id')}" for r in load_records(run_dir)}
+        self.done_before = len(self.seen)
         self.t0 = time.time()
 
     def poll(self) -> None:
@@ -152,11 +156,12 @@ class _Progress(threading.Thread):
                 continue
             self.seen.add(key)
             hours = max(time.time() - self.t0, 1e-9) / 3600
+            rate = (len(self.seen) - self.done_before) / hours
             acc, auc, lat = r.get("val_accuracy"), r.get("val_auc"), r.get("latency_ms")
             fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"  # noqa: E731
             self.printer(f"[{len(self.seen):>3}/{self.total}] {r.get('status', '?'):<9} {r.get('arch', '?'):<40} "
                          f"val acc {fmt(acc, '%.3f')} auc {fmt(auc, '%.3f')} lat {fmt(lat, '%.2f')} ms "
-                         f"({fmt(r.get('trial_seconds'), '%.0f')} s)  {len(self.seen) / hours:.1f} trials/h")
+                         f"({fmt(r.get('trial_seconds'), '%.0f')} s)  {rate:.1f} trials/h")
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
@@ -190,9 +195,21 @@ def trial_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _sigterm_as_interrupt():
+    """`kill PID` stops the search like Ctrl-C: NNI's manager (own process group) is stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def build_experiment(cfg: SearchConfig, data: str | Path, out: str | Path, exp_id: str | None = None):
     """The NasExperiment (not started) plus the strategy object, for callers that drive NNI themselves."""
     require_nni()
+    patch_nas_resume()
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment, NasExperimentConfig
 
@@ -255,9 +272,13 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     printer(f"strategy {cfg.strategy.name}, {ex.max_trials} trials, concurrency {ex.trial_concurrency}, "
             f"gpus {ex.gpus or 'none (CPU)'}" + (f", {ex.trials_per_gpu} per GPU" if ex.gpus else ""))
     progress = _Progress(out, ex.max_trials, printer)
+    if resume:
+        printer(f"resuming {exp.id}: {progress.done_before} trial records already in {out / 'trials'}; NNI "
+                f"continues the experiment to the trial budget it was created with")
     t0 = time.time()
     progress.start()
     ok: bool | None = None
+    previous_handler = _sigterm_as_interrupt()
     try:
         with trial_env():
             if resume:
@@ -275,10 +296,14 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
             exp.stop()
         except Exception as e:  # noqa: BLE001 - stopping a dead manager must not hide the first error
             log.warning("stopping the NNI experiment failed: %s", e)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         progress.stop_event.set()
         progress.join(timeout=5)
         progress.poll()
     wall = time.time() - t0
+    if ok is None:  # NNI caught Ctrl-C / SIGTERM, stopped the experiment and returned
+        printer(f"search interrupted; continue it with: naslung search ... --resume {exp.id} --out {out}")
     summary = write_report(out, objective=f"val_{cfg.trial.get('objective', 'accuracy')}", top_k=cfg.top_k)
     pruned = getattr(strategy, "pruned", [])
     if pruned:
@@ -288,8 +313,10 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
             w = csv.DictWriter(f, fieldnames=["arch", "reason"])
             w.writeheader()
             w.writerows(pruned)
+    new_trials = summary["trials"] - progress.done_before
     summary.update(experiment_id=exp.id, port=port, strategy=cfg.strategy.name, wall_seconds=round(wall, 2),
-                   trials_per_hour=round(summary["trials"] / (wall / 3600), 2) if wall > 0 else None,
-                   pruned=len(pruned), nni_status_ok=ok)
+                   trials_this_run=new_trials,
+                   trials_per_hour=round(new_trials / (wall / 3600), 2) if wall > 0 else None,
+                   pruned=len(pruned), interrupted=ok is None)
     write_json_atomic(out / "summary.json", summary)
     return summary

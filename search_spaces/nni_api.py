@@ -81,3 +81,32 @@ def check_port_free(port: int) -> None:
         except OSError as e:
             raise RuntimeError(f"port {port} is already in use ({e.strerror}); another NNI experiment may be "
                                f"running there (see `nnictl experiment list`), or pick another with --port") from None
+
+
+def patch_nas_resume() -> None:
+    """Let NNI 3.0 NAS experiments resume: ignore the ImportData command on the tuner channel.
+
+    On resume NNI's manager replays earlier results to the tuner as ``ImportData``; NNI 3.0's NAS
+    channel (``TunerCommandChannel.receive``) raises ``ValueError: Unknown command type`` on it, which
+    kills the listener thread and hangs the strategy forever. Our strategies restore their state from
+    NNI's checkpoint instead, so the command can be skipped. Idempotent; a no-op if NNI changes.
+    """
+    try:
+        from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
+    except ImportError:  # pragma: no cover - a different NNI; nothing to patch
+        return
+    if getattr(TunerCommandChannel.receive, "_naslung_patched", False):
+        return
+    original = TunerCommandChannel.receive
+
+    def receive(self):
+        while True:
+            try:
+                return original(self)
+            except ValueError as e:
+                if "Unknown command type" not in str(e):
+                    raise
+                log.info("ignoring NNI manager command (%s): NAS strategies restore state from the checkpoint", e)
+
+    receive._naslung_patched = True  # type: ignore[attr-defined]
+    TunerCommandChannel.receive = receive

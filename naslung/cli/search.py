@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     except (NNIUnavailable, RuntimeError) as e:
         raise ValueError(str(e)) from None
     _print_summary(summary, Path(args.out))
+    if summary.get("interrupted"):
+        return 130
     return 0 if summary["succeeded"] > 0 else 1
 
 

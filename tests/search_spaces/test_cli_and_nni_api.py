@@ -95,3 +95,24 @@ def test_port_helpers():
     import sys
 
     assert venv_bin_first({"PATH": "/usr/bin"})["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_resume_patch_skips_the_import_data_command_nni_cannot_parse():
+    pytest.importorskip("nni")
+    from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
+    from nni.runtime.tuner_command_channel.command_type import CommandType
+
+    from search_spaces.nni_api import patch_nas_resume
+
+    class Fake(TunerCommandChannel):
+        def __init__(self, messages):
+            self.messages = list(messages)
+
+        def _receive(self):
+            return self.messages.pop(0)
+
+    messages = [(CommandType.ImportData, '[{"parameter": {}, "value": 0.5}]'), (CommandType.RequestTrialJobs, "2")]
+    patch_nas_resume()
+    patch_nas_resume()  # idempotent
+    received = Fake(messages).receive()
+    assert received.command_type == CommandType.RequestTrialJobs and received.count == 2
