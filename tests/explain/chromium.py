@@ -96,8 +96,10 @@ class Browser:
             raise RuntimeError(f"JS error in {expression!r}: {res['exceptionDetails']}")
         return res["result"].get("value")
 
-    def open(self, url: str, ready: str = "document.body && document.body.dataset.ready === '1'") -> None:
-        self.send("Emulation.setDeviceMetricsOverride", width=1200, height=900, deviceScaleFactor=1, mobile=False)
+    def open(self, url: str, ready: str = "document.body && document.body.dataset.ready === '1'",
+             width: int = 1200, height: int = 900) -> None:
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=False)
         self.send("Page.navigate", url=url)
         deadline = time.time() + self.timeout
         while not self.eval(f"!!({ready})"):

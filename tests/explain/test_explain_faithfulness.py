@@ -99,3 +99,16 @@ def test_planted_evidence_occlusion(figures):
     f = figures["occlusion"]
     assert f["planted_mass"] > 0.3, f
     assert f["planted_mass"] > 5 * figures["_chance_mass"], f
+
+
+def test_evaluate_reports_figures_per_map(planted):
+    from naslung.explain.faithfulness import evaluate
+
+    model, ps, test, _ = planted
+    pos = [i for i in test if ps.labels[i] == 1][:2]
+    regions = np.stack([ps.region] * len(pos))
+    res = evaluate(model, ps.crops[pos], regions, SPEC16, methods=("ig",), target=1, ig_steps=8)
+    assert set(res) == {"ig", "_chance"}
+    assert res["ig"]["n"] == 2 and res["_chance"]["region_mass"] == pytest.approx(ps.region.mean())
+    assert res["ig"]["region_mass"] > 5 * res["_chance"]["region_mass"]
+    assert -1 <= res["ig"]["spearman_vs_random"] <= res["ig"]["spearman_max"] <= 1
