@@ -214,3 +214,15 @@ def test_server_runs_without_optional_packages(monkeypatch, start_server, predic
     assert "grpcio-health-checking is not installed" in caplog.text
     assert "prometheus-client is not installed" in caplog.text
     assert client.predict(crop_request(make_crop(2))).model_version == predictor.version
+
+
+def test_long_stream_keeps_order_past_the_window(shared_server):
+    """More items than the per-stream window (32): flow control, not loss or reordering."""
+    server, client = shared_server
+    crops = [make_crop(i % 5) for i in range(5)]
+    want = [client.predict(crop_request(c)).malignancy_probability for c in crops]
+    out = list(client.predict_stream(crop_request(crops[i % 5], request_id=str(i)) for i in range(100)))
+    assert [r.request_id for r in out] == [str(i) for i in range(100)]
+    assert [r.malignancy_probability for r in out] == pytest.approx([want[i % 5] for i in range(100)], abs=1e-6)
+    ok = server.metrics.registry.get_sample_value("naslung_requests_total", {"method": "PredictStreamItem", "code": "OK"})
+    assert ok >= 100
