@@ -33,8 +33,8 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("predicted", "benign", "malignant"), default="predicted",
                    help="class whose evidence the maps show")
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients integration steps")
-    p.add_argument("--occlusion-window", type=int, default=None, help="occlusion cube edge in voxels (default S/4)")
-    p.add_argument("--occlusion-stride", type=int, default=None, help="occlusion stride (default window/2)")
+    p.add_argument("--occlusion-window", type=int, default=None, help="occlusion cube edge in voxels (None = crop size / 4)")
+    p.add_argument("--occlusion-stride", type=int, default=None, help="occlusion stride in voxels (None = window / 2)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-png", action="store_true", help="skip PNG figures")
     p.add_argument("--no-html", action="store_true", help="skip the HTML viewer")
