@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 TRIAL_COLUMNS = ("seq", "trial_id", "status", "arch", "stages", "n_blocks", "head", "cbam", "val_accuracy",
                  "val_auc", "val_sensitivity", "val_specificity", "val_f1", "val_n", "params", "flops",
-                 "latency_ms", "latency_device", "epochs_run", "train_seconds", "trial_seconds", "device")
+                 "latency_ms", "latency_device", "lr", "batch_size", "epochs", "margin", "epochs_run", "train_seconds",
+                 "trial_seconds", "device")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

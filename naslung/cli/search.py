@@ -17,6 +17,8 @@ EPILOG = """examples:
       --trial-concurrency 4 --gpus 0 --trials-per-gpu 4 --port 8080 --out runs/search-gpu
   naslung search --data runs/data --config examples/search_naslung.yml --resume k3x9a1bz --out runs/search
   naslung search --report-only --out runs/search      # rebuild CSVs, plot and top configs from disk
+  naslung search --data runs/data --config examples/search_naslung.yml --hpo small --tuner TPE \
+      --max-trials 20 --out runs/hpo-small                # tune lr, batch size, margin, epochs
 
 the same search with NNI's own tool (trial command: python -m search_spaces.trial):
   nnictl create --config examples/search.yml --port 8080
@@ -46,6 +48,10 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
                    help="trials sharing one GPU (NNI maxTrialNumberPerGpu)")
     p.add_argument("--port", type=int, default=None, help="NNI manager / web UI port (0 = any free port)")
     p.add_argument("--resume", metavar="EXP_ID", default=None, help="resume a stopped experiment with this id")
+    p.add_argument("--hpo", metavar="MODEL", default=None,
+                   help="instead of searching architectures, tune lr, batch size, margin and epochs of MODEL "
+                        "(registry name or ModelConfig JSON) with NNI's Experiment API")
+    p.add_argument("--tuner", choices=("TPE", "Evolution", "Random"), default="TPE", help="--hpo: NNI tuner")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from RUN/trials/")
     p.add_argument("--debug", action="store_true", help="NNI debug logging")
     return p
@@ -78,8 +84,17 @@ def run(args: argparse.Namespace) -> int:
     if ex.max_trials < 1 or ex.trial_concurrency < 1 or ex.trials_per_gpu < 1:
         raise ValueError("--max-trials, --trial-concurrency and --trials-per-gpu must be >= 1")
     try:
-        summary = run_search(cfg, args.data, args.out, resume=args.resume, debug=args.debug,
-                             printer=lambda s: print(s, flush=True))
+        if args.hpo:
+            from naslung.models import resolve_config
+            from search_spaces.hpo import run_hpo
+
+            summary = run_hpo(resolve_config(args.hpo), {"trial": cfg.trial, "space": cfg.space}, args.data,
+                              args.out, tuner=args.tuner, max_trials=ex.max_trials,
+                              concurrency=ex.trial_concurrency, port=ex.port,
+                              printer=lambda s: print(s, flush=True))
+        else:
+            summary = run_search(cfg, args.data, args.out, resume=args.resume, debug=args.debug,
+                                 printer=lambda s: print(s, flush=True))
     except (NNIUnavailable, RuntimeError) as e:
         raise ValueError(str(e)) from None
     _print_summary(summary, Path(args.out))

@@ -52,3 +52,25 @@ def test_trial_spec_rejects_unknown_fields():
         TrialSpec.from_dict({"data": "d", "epochs": 3})
     with pytest.raises(ValueError, match="objective"):
         TrialSpec(data="d", objective="f1")
+
+
+def test_hpo_experiment_is_configured_for_our_trial(tmp_path, tiny_dataset_dir):
+    pytest.importorskip("nni")
+    import yaml
+
+    from naslung.models import get_config
+    from search_spaces.hpo import build_hpo_experiment, hpo_search_space
+
+    exp = build_hpo_experiment(get_config("tiny"), {"trial": {"threads": 1}}, tiny_dataset_dir, tmp_path / "hpo",
+                               tuner="TPE", max_trials=3, concurrency=2)
+    c = exp.config
+    assert "-m search_spaces.trial --config" in c.trial_command
+    assert c.tuner.name == "TPE" and c.max_trial_number == 3 and c.trial_concurrency == 2
+    assert set(c.search_space) == {"lr", "batch_size", "epochs", "margin"}
+    assert hpo_search_space("softmax").keys() == {"lr", "batch_size", "epochs"}
+    written = yaml.safe_load((tmp_path / "hpo" / "hpo_config.yml").read_text())
+    model, spec = _params_to_trial({"lr": 0.002, "batch_size": 16, "epochs": 3, "margin": 2}, written)
+    assert model == get_config("tiny") and spec.model_overrides == {"margin": 2}
+    assert spec.data == str(tiny_dataset_dir.resolve()) and spec.threads == 1
+    with pytest.raises(ValueError, match="tuner"):
+        build_hpo_experiment(get_config("tiny"), {}, tiny_dataset_dir, tmp_path / "x", tuner="SMAC")
