@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
