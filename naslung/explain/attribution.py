@@ -42,8 +42,8 @@ class AttributionMap:
     @property
     def key(self) -> str:
         """A file- and HTML-safe id such as ``gradcam`` or ``cbam_stage2``."""
-        base = self.method if self.layer in ("input", "") or self.method != "cbam" else \
-            f"{self.method}_{self.layer}"
+        # CBAM gives one map per stage, so its key names the stage; the others give one map each.
+        base = f"{self.method}_{self.layer}" if self.method == "cbam" and self.layer else self.method
         if self.member is not None:
             base = f"{base}_{self.member}"
         return "".join(c if c.isalnum() or c in "-_" else "-" for c in base)

@@ -215,8 +215,7 @@ def _combine_members(per_member: list[list[AttributionMap]], weights: list[float
         if layer == "*":  # Grad-CAM layers differ by member architecture; name them all
             names = sorted({m.layer for m in picked})
             for m in picked:
-                m_layer = m.layer
-                m.info.setdefault("member_layer", m_layer)
+                m.info.setdefault("member_layer", m.layer)
             combined_layer = names[0] if len(names) == 1 else "+".join(names)
             picked = [AttributionMap(m.method, combined_layer, m.values, m.target, m.member, m.raw_min,
                                      m.raw_max, m.info) for m in picked]

@@ -9,7 +9,7 @@ import torch
 
 from naslung.explain import AttributionMap, combine, explain, explain_crop, normalise
 from naslung.explain.methods import LogOdds, cbam_maps, last_stage, spatial_gates
-from naslung.models import build_model, get_config
+from naslung.models import build_model
 from naslung.models.config import ModelConfig
 
 from naslung.data.spec import CropSpec
