@@ -54,6 +54,8 @@ def _kill_leftovers(marker: str) -> None:
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
+    # matplotlib's font cache stays where it is (rebuilding it under a new HOME costs seconds)
+    env.setdefault("MPLCONFIGDIR", str(Path.home() / ".cache" / "matplotlib"))
     env["HOME"] = str(tmp_path / "home")        # NNI keeps its experiment registry under ~/nni-experiments
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
