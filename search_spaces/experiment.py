@@ -277,6 +277,7 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     t0 = time.time()
     progress.start()
     ok: bool | None = None
+    error: RuntimeError | None = None
     previous_handler = _sigterm_as_interrupt()
     try:
         with trial_env():
@@ -288,8 +289,9 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
             else:
                 ok = exp.run(port=port, debug=debug)
     except requests.exceptions.ConnectionError as e:
-        raise RuntimeError(f"the NNI manager on port {port} stopped answering ({e.__class__.__name__}); see "
-                           f"{out / 'nni-experiments' / exp.id / 'log' / 'nnimanager.log'}") from None
+        error = RuntimeError(f"the NNI manager on port {port} stopped answering ({e.__class__.__name__}); see "
+                             f"{out / 'nni-experiments' / exp.id / 'log' / 'nnimanager.log'}; the report below "
+                             f"covers the trials that finished")
     finally:
         try:
             exp.stop()
@@ -301,7 +303,7 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
         progress.join(timeout=5)
         progress.poll()
     wall = time.time() - t0
-    if ok is None:  # NNI caught Ctrl-C / SIGTERM, stopped the experiment and returned
+    if ok is None and error is None:  # NNI caught Ctrl-C / SIGTERM, stopped the experiment and returned
         printer(f"search interrupted; continue it with: naslung search ... --resume {exp.id} --out {out}")
     summary = write_report(out, objective=f"val_{cfg.trial.get('objective', 'accuracy')}", top_k=cfg.top_k)
     pruned = getattr(strategy, "pruned", [])
@@ -316,6 +318,9 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     summary.update(experiment_id=exp.id, port=port, strategy=cfg.strategy.name, wall_seconds=round(wall, 2),
                    trials_this_run=new_trials,
                    trials_per_hour=round(new_trials / (wall / 3600), 2) if wall > 0 else None,
-                   pruned=len(pruned), interrupted=ok is None)
+                   pruned=len(pruned), interrupted=ok is None and error is None,
+                   error=str(error) if error else None)
     write_json_atomic(out / "summary.json", summary)
+    if error is not None:
+        raise error
     return summary

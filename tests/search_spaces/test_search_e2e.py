@@ -132,3 +132,39 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
                "--out", str(tmp_path / "run"), "--port", "0"])
     assert rc == 1
     assert "not a prepared dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT + 30)
+def test_dead_nni_manager_is_a_clear_error_and_the_report_is_kept(tmp_path, tiny_dataset_dir):
+    pytest.importorskip("nni")
+    import psutil
+
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    cfg["space"]["max_blocks"] = 4
+    cfg["trial"]["train"]["epochs"] = 8
+    cfg["experiment"].update(max_trials=6, trial_concurrency=1)
+    config = tmp_path / "long.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "naslung", "search", "--data", str(tiny_dataset_dir), "--config", str(config),
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        while not list((out / "trials").glob("*.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        managers = [p for p in psutil.process_iter(["cmdline"])
+                    if "nni_node" in " ".join(p.info["cmdline"] or []) and str(out) in " ".join(p.info["cmdline"] or [])]
+        assert managers, "NNI manager process not found"
+        for m in managers:
+            m.kill()
+        stdout, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(str(tmp_path))
+    assert proc.returncode == 1
+    assert "NNI manager on port" in stdout and "stopped answering" in stdout and "nnimanager.log" in stdout
+    assert (out / "trials.csv").is_file() and (out / "pareto.csv").is_file()
