@@ -126,7 +126,7 @@ def write_report(run_dir: str | Path, objective: str = "val_accuracy", top_k: in
     ranked = rank_records(records, objective)[:top_k]
     for rank, r in enumerate(ranked, start=1):
         cfg = ModelConfig.from_dict({**r["model"], "name": f"search-top{rank}"})
-        # The plain ModelConfig JSON: `naslung train --model-config top/1.json` and bundles accept it.
+        # The plain ModelConfig JSON: `naslung train --config top/1.json` and `naslung ensemble --configs` accept it.
         (top_dir / f"{rank}.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     summary = {
         "trials": len(records),

@@ -137,6 +137,9 @@ def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id
         "trial_seconds": round(time.perf_counter() - t_start, 3),
         "device": device,
         "pid": os.getpid(),
+        # Validation predictions, for diversity-aware ensemble selection (naslung.ensemble.selection).
+        "val_ids": [ds.ids[int(i)] for i in result.val_idx],
+        "val_proba": [round(float(p[1]), 6) for p in result.val_proba],
     }
     record = _json_safe(record)
     if spec.out:

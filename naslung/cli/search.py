@@ -1,8 +1,8 @@
 """``naslung search``: NNI architecture search over the NAS-Lung space -> a search run directory.
 
 Writes RUN/trials.csv (every trial: validation accuracy/AUC, params, FLOPs, latency), RUN/pareto.csv
-and RUN/pareto.png (accuracy vs latency), RUN/top/<rank>.json (ModelConfigs for `naslung train`
-and ensembles), RUN/pruned.csv (partial-order pruning), RUN/summary.json, and NNI's own files
+and RUN/pareto.png (accuracy vs latency), RUN/top/<rank>.json (ModelConfigs for `naslung train --config`
+and `naslung ensemble`), RUN/pruned.csv (partial-order pruning), RUN/summary.json, and NNI's own files
 under RUN/nni-experiments/. The test fold is never evaluated during the search.
 
 NNI's manager (web UI + REST API) listens on ALL interfaces without authentication.

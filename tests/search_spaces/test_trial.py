@@ -21,6 +21,8 @@ def test_run_trial_scores_validation_only_and_writes_its_record(tiny_dataset_dir
     assert 0 <= rec["val_accuracy"] <= 1 and rec["val_n"] > 0
     assert rec["params"] > 0 and rec["flops"] > 0 and rec["latency_ms"] > 0
     assert not any(k.startswith("test") for k in rec)
+    assert len(rec["val_proba"]) == len(rec["val_ids"]) == rec["val_n"]
+    assert all(0.0 <= p <= 1.0 for p in rec["val_proba"])
     on_disk = json.loads((tmp_path / "trials" / "00003_abc.json").read_text())
     assert on_disk == rec
     m = nni_metric(rec)
