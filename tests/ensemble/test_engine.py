@@ -77,3 +77,21 @@ def test_ensemble_fast_shortcut_keeps_metadata(members, crops16):
     fast = ens.fast("cpu")
     assert fast.member_names == list("abcde") and fast.version == "v1" and len(fast) == 5
     torch.testing.assert_close(fast(crops16), ens.predict_proba(crops16), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("stride,cin", [(1, 1), (1, 4), (2, 4), (1, 2)])
+def test_direct_conv3d_equals_conv3d(stride, cin):
+    from naslung.ensemble.engine import direct_conv3d
+
+    g = torch.Generator().manual_seed(cin)
+    x = torch.randn(2, cin, 9, 8, 7, generator=g)
+    w = torch.randn(3, cin, 3, 3, 3, generator=g)
+    b = torch.randn(3, generator=g)
+    ref = torch.nn.functional.conv3d(x, w, b, stride, 1)
+    torch.testing.assert_close(direct_conv3d(x, w, b, (stride,) * 3, (1, 1, 1)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_direct_small_convs_match(members, crops16):
+    ens = Ensemble([m for _, m in members])
+    fast = FastEnsemble(ens, "cpu", direct_max_cin=4)
+    torch.testing.assert_close(fast.member_proba(crops16), ens.member_proba(crops16), rtol=0, atol=2e-6)
