@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
