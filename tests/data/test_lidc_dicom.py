@@ -67,10 +67,13 @@ def _write(vol, scan, directory: Path, *, centers=(), keep: slice | np.ndarray |
 def lidc_input(tmp_path_factory):
     """A directory tree of LIDC-like series: one good, one with a gap, one with a corrupt slice,
     one truncated to part of the scan, and one series pylidc does not know."""
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import write_dicom_series  # noqa: E402  (tests/data/conftest.py helper)
+    # tests/data/conftest.py's writer; loaded by path because every test folder has a "conftest".
+    spec = importlib.util.spec_from_file_location("data_conftest", Path(__file__).parent / "conftest.py")
+    data_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_conftest)
+    write_dicom_series = data_conftest.write_dicom_series
 
     class V:  # the subset of the `vol` fixture this module-scoped fixture needs
         pass
