@@ -54,23 +54,53 @@ def _fmt(m, k) -> str:
     return "  n/a" if v is None or v != v else f"{v:.3f}"
 
 
-def _candidates(args):
+def _candidates(args, ds):
+    """(candidates, train_pool_then_select, selection note)."""
     from naslung.ensemble.selection import Candidate, load_search_candidates, select_pareto, select_top
     from naslung.models import get_config
     from naslung.models.config import ModelConfig
 
     if args.models:
-        return [Candidate(f"{n}-{i}", get_config(n), info={"model": n}) for i, n in enumerate(args.models)], False
+        return [Candidate(f"{n}-{i}", get_config(n), info={"model": n}) for i, n in enumerate(args.models)], \
+            False, "given (--models)"
     if args.configs:
         return [Candidate(f"{i}-{(c := ModelConfig.from_file(p)).name or 'config'}", c, info={"config_file": p})
-                for i, p in enumerate(args.configs)], False
+                for i, p in enumerate(args.configs)], False, "given (--configs)"
     cands = load_search_candidates(args.search)
     k = args.top
     if args.select == "diverse":
-        pool = args.pool or 2 * k
-        return [cands[i] for i in select_top(cands, pool, args.metric)], True
+        pool = [cands[i] for i in select_top(cands, args.pool or 2 * k, args.metric)]
+        chosen = _diverse_from_search(pool, ds, k, args.diversity, args.fold)
+        if chosen is not None:
+            return [pool[i] for i in chosen], False, \
+                f"diverse on search validation predictions (pool of {len(pool)}: {[c.name for c in pool]})"
+        return pool, True, f"diverse (retrained pool of {len(pool)})"
     pick = select_pareto if args.select == "pareto" else select_top
-    return [cands[i] for i in pick(cands, k, args.metric)], False
+    return [cands[i] for i in pick(cands, k, args.metric)], False, f"{args.select} by {args.metric}"
+
+
+def _diverse_from_search(pool, ds, k: int, diversity: float, fold: int):
+    """Greedy selection on the search's own validation predictions, when every candidate has them
+    for the same crops of this dataset and none of those crops is in the bundle's test fold;
+    None otherwise (then the pool is retrained and selected on the bundle's validation fold)."""
+    import numpy as np
+
+    from naslung.data.folds import split_fold
+    from naslung.ensemble.selection import select_diverse
+
+    ids = [tuple(c.info.get("val_ids") or ()) for c in pool]
+    if any(c.val_proba is None for c in pool) or not ids[0] or len(set(ids)) != 1 \
+            or len(ids[0]) != len(pool[0].val_proba):
+        return None
+    label = dict(zip(ds.ids, ds.labels.tolist()))
+    if not all(i in label for i in ids[0]):
+        return None
+    test_ids = {ds.ids[i] for i in split_fold(ds.folds, fold).test}
+    if test_ids.intersection(ids[0]):
+        print(f"note: the search validated on crops of test fold {fold}; retraining the pool instead")
+        return None
+    y = np.array([label[i] for i in ids[0]])
+    return select_diverse(np.stack([c.val_proba for c in pool]), y, k, diversity=diversity)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     ds = PreparedDataset.load(args.data)
     if ds.summary()["folds"] < 3:
         raise ValueError(f"{args.data}: needs at least 3 assigned folds (naslung prepare --folds K)")
-    cands, diverse = _candidates(args)
+    cands, diverse, selection = _candidates(args, ds)
     k = args.top if (args.search or diverse) else len(cands)
     if len(cands) < k and not diverse:
         print(f"note: only {len(cands)} distinct candidates available; building a {len(cands)}-member bundle")
@@ -92,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"majority vote with an even number of members ({k}) can tie; choose an odd K")
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                        seed=args.seed, device=args.device)
-    print(f"data {args.data}: {len(ds)} crops, fold {args.fold} held out; training {len(cands)} "
-          f"candidate(s){' (diverse pool)' if diverse else ''} on {tcfg.resolved_device()}, rule {args.rule}")
+    print(f"data {args.data}: {len(ds)} crops, fold {args.fold} held out; members: {selection}; training "
+          f"{len(cands)} candidate(s) on {tcfg.resolved_device()}, rule {args.rule}")
 
     def on_member(i, n, r):
         print(f"  [{i + 1}/{n}] {r['name']:<24} {r['arch']:<34} val acc {_fmt(r['val'], 'accuracy')} "
@@ -102,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rep = build_bundle(ds, cands, tcfg, args.out, k=k, rule=args.rule, fold=args.fold, diverse=diverse,
                        diversity=args.diversity, version=args.version, overwrite=args.force,
-                       progress=not args.no_progress, on_member=on_member)
+                       progress=not args.no_progress, on_member=on_member, selection=selection)
     keys = ("accuracy", "sensitivity", "specificity", "f1", "auc")
     head = f"{'member':<24} {'weight':>6} " + " ".join(f"{'val ' + k[:4]:>9}" for k in ("accuracy", "auc")) \
         + " " + " ".join(f"{'test ' + k[:4]:>9}" for k in keys)

@@ -38,12 +38,14 @@ class BuildReport:
 def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path, *, k: int | None = None,
                  rule: str = "mean", fold: int = 0, diverse: bool = False, diversity: float = 0.5,
                  version: str | None = None, overwrite: bool = False, progress: bool = True,
+                 selection: str | None = None,
                  on_member: Callable[[int, int, dict], None] | None = None) -> BuildReport:
     """Train ``candidates`` on fold ``fold`` and write a bundle of ``k`` of them (default: all).
 
     With ``diverse``, all candidates are trained (the pool) and ``k`` are chosen greedily on their
     validation predictions (:func:`~naslung.ensemble.selection.select_diverse`); otherwise the
     candidates are the members, in order. Member ``i`` trains with seed ``train_cfg.seed + i``.
+    ``selection`` is recorded in the manifest (how the candidates were chosen).
     """
     from naslung.data.folds import split_fold
     from naslung.train import DeviceData, train_fold
@@ -101,7 +103,8 @@ def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path
     training = json_safe({
         "fold": fold, "val_fold": int(ds.folds[split.val[0]]) if len(split.val) else None, "test_fold": fold,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-        "train_config": train_cfg.to_dict(), "selection": "diverse" if diverse else "given",
+        "train_config": train_cfg.to_dict(),
+        "selection": selection or ("diverse (retrained pool)" if diverse else "given"),
         "pool": [c.name for c in candidates],
         "ensemble_val": ens_val, "ensemble_test": ens_test,
     })

@@ -55,7 +55,7 @@ def test_ensemble_from_search_diverse_weighted(tmp_path, tiny_dataset_dir, capsy
     assert rc == 0
     man = read_manifest(out)
     assert len(man["members"]) == 2 and len(man["training"]["pool"]) == 3
-    assert man["training"]["selection"] == "diverse"
+    assert man["training"]["selection"] == "diverse (retrained pool of 3)"
     assert man["rule"]["name"] == "weighted" and sum(man["rule"]["weights"]) == pytest.approx(1.0)
     assert all(m["info"]["search_run"] == str(run) for m in man["members"])
     ens = load_bundle(out)
@@ -94,3 +94,53 @@ def test_loading_side_never_imports_training_or_sklearn():
             "'search_spaces', 'nni'))]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_diverse_selection_uses_search_validation_predictions(tmp_path, tiny_dataset, tiny_dataset_dir):
+    """Records carrying val_ids/val_proba (as search trials write them) are selected before training."""
+    import numpy as np
+
+    from naslung.data.folds import split_fold
+
+    val = split_fold(tiny_dataset.folds, 0).val
+    ids = [tiny_dataset.ids[i] for i in val]
+    y = tiny_dataset.labels[val]
+    good_a = np.where(y == 1, 0.9, 0.1)
+    good_a[0] = 1 - good_a[0]                 # A errs on crop 0
+    good_b = np.where(y == 1, 0.9, 0.1)
+    good_b[1] = 1 - good_b[1]                 # B errs on crop 1 instead
+    run = tmp_path / "search"
+    (run / "trials").mkdir(parents=True)
+    for seq, (stages, p) in enumerate([([[4], [8]], good_a), ([[4], [4]], good_a), ([[8], [8]], good_b)]):
+        cfg = ModelConfig(stages=stages, in_size=16)
+        (run / "trials" / f"{seq:05d}_t{seq}.json").write_text(json.dumps(
+            {"seq": seq, "trial_id": f"t{seq}", "status": "SUCCEEDED", "model": cfg.to_dict(),
+             "val_accuracy": 0.9 - seq / 100, "latency_ms": 1.0, "val_ids": ids, "val_proba": p.tolist()}))
+    out = tmp_path / "bundle"
+    assert main(["ensemble", "--search", str(run), "--data", str(tiny_dataset_dir), "--top", "2", "--select",
+                 "diverse", "--pool", "3", "--epochs", "1", "--device", "cpu", "--no-progress",
+                 "--out", str(out)]) == 0
+    man = read_manifest(out)
+    assert [m["info"]["trial_id"] for m in man["members"]] == ["t0", "t2"]  # not the duplicate t1
+    assert man["training"]["selection"].startswith("diverse on search validation predictions")
+    assert len(man["training"]["pool"]) == 2  # only the chosen members were trained
+
+
+def test_diverse_selection_never_uses_the_test_fold(tmp_path, tiny_dataset, tiny_dataset_dir, capsys):
+    from naslung.data.folds import split_fold
+
+    test = split_fold(tiny_dataset.folds, 0).test  # search predictions on the bundle's test fold
+    ids = [tiny_dataset.ids[i] for i in test]
+    run = tmp_path / "search"
+    (run / "trials").mkdir(parents=True)
+    for seq, stages in enumerate([[[4], [8]], [[8], [8]]]):
+        cfg = ModelConfig(stages=stages, in_size=16)
+        (run / "trials" / f"{seq:05d}_t{seq}.json").write_text(json.dumps(
+            {"seq": seq, "trial_id": f"t{seq}", "status": "SUCCEEDED", "model": cfg.to_dict(),
+             "val_accuracy": 0.9, "val_ids": ids, "val_proba": [0.5] * len(ids)}))
+    out = tmp_path / "bundle"
+    assert main(["ensemble", "--search", str(run), "--data", str(tiny_dataset_dir), "--top", "1", "--select",
+                 "diverse", "--pool", "2", "--epochs", "1", "--device", "cpu", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "retraining the pool instead" in capsys.readouterr().out
+    assert read_manifest(out)["training"]["selection"] == "diverse (retrained pool of 2)"
