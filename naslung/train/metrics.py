@@ -12,7 +12,8 @@ METRIC_KEYS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
 def binary_metrics(y_true, proba_pos, threshold: float = 0.5) -> dict[str, Any]:
     """accuracy, sensitivity (recall of class 1), specificity, F1, ROC AUC, n and the confusion.
 
-    ``proba_pos`` is P(malignant); prediction is ``proba_pos >= threshold``. AUC is NaN when the
+    ``proba_pos`` is P(malignant); prediction is ``proba_pos > threshold`` (a tie is benign, as argmax and
+    ``naslung.ensemble.rules.decide``). AUC is NaN when the
     set holds only one class; sensitivity/specificity are NaN when their class is absent.
     """
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
@@ -21,7 +22,7 @@ def binary_metrics(y_true, proba_pos, threshold: float = 0.5) -> dict[str, Any]:
     p = np.asarray(proba_pos, dtype=float).ravel()
     if y.shape != p.shape:
         raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
-    pred = (p >= threshold).astype(int)
+    pred = (p > threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel().tolist()
     n = len(y)
     return {

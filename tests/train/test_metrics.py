@@ -54,3 +54,15 @@ def test_summarize_mean_and_sample_std_ignore_nan():
 
 def test_json_safe_replaces_nan():
     assert json_safe({"a": [math.nan, np.float32(1.5)], "b": float("inf")}) == {"a": [None, 1.5], "b": None}
+
+
+def test_a_tie_is_benign_in_metrics_and_in_the_ensemble_rule():
+    import numpy as np
+
+    from naslung.ensemble.rules import decide
+    from naslung.train.metrics import binary_metrics
+
+    p = np.array([0.5, 0.5, 0.9, 0.1])
+    m = binary_metrics([0, 1, 1, 0], p)
+    assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (1, 1, 2, 0)
+    assert decide(np.stack([1 - p, p], 1)).tolist() == [0, 0, 1, 0]
