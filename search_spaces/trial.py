@@ -20,10 +20,11 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from naslung.configio import strict_from_dict
 from naslung.models.config import ModelConfig
 from search_spaces.report import write_json_atomic
 
@@ -52,11 +53,7 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown trial fields: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "trial")
 
 
 _DATA: dict[tuple[str, str], Any] = {}

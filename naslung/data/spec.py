@@ -6,10 +6,12 @@ the server can never disagree with training about windowing.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from naslung.configio import strict_from_dict
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,4 @@ class CropSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CropSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown crop-spec fields: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "crop-spec")

@@ -7,9 +7,11 @@ The same JSON appears in a search result, a training run and a bundle::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from naslung.configio import strict_from_dict
 
 HEADS = ("asoftmax", "softmax", "amsoftmax")
 CBAM_VARIANTS = ("naslung", "original", "none")
@@ -63,11 +65,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model-config fields: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "model-config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":

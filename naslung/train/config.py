@@ -1,8 +1,10 @@
 """Training hyper-parameters: one dataclass, written next to every checkpoint."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from naslung.configio import strict_from_dict
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "step", "none")
@@ -56,8 +58,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train-config fields: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "train-config")
