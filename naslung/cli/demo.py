@@ -34,7 +34,7 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="run the whole pipeline on the embedded data in a few minutes",
                               description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
     p.add_argument("--out", required=True, help="demo directory (its stage directories are replaced on a rerun)")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs per search trial and per member")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per search trial and per member")
     p.add_argument("--search-trials", type=int, default=2, help="NNI trials in the search")
     p.add_argument("--members", type=int, default=2, help="K, ensemble members taken from the search")
     p.add_argument("--limit", type=int, default=None, help="use only the first N crops (quick runs, tests)")
