@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  naslung demo --out runs/demo                      # about 3-6 minutes on 2 CPU cores
+  naslung demo --out runs/demo                      # about 3 minutes on 2 CPU cores (6 when they are busy)
   naslung demo --out runs/demo --no-search --epochs 2
   naslung demo --out /tmp/quick --limit 120 --epochs 1 --no-search   # seconds: a smoke test
 
@@ -100,8 +100,6 @@ def write_search_config(path, *, trials: int, epochs: int, seed: int, top_k: int
 def _pick_malignant_test_crop(data, bundle):
     """(index, crop id) of the first malignant crop of the bundle's held-out test fold (or any test crop)."""
     import json
-
-    import numpy as np
 
     from naslung.data.dataset import PreparedDataset
     from naslung.ensemble.evaluate import choose_indices
