@@ -43,25 +43,28 @@ def serve_main(args: argparse.Namespace) -> int:
 
     import torch
 
-    from service.predictor import EnsemblePredictor, load_predictor, random_ensemble
+    from service.predictor import EnsemblePredictor, engine_options_for, load_predictor, random_ensemble
     from service.server import ServerConfig, serve
 
     logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.bundle:
-        pred = load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch)
+        pred = load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch,
+                                   engine_options=engine_options_for(args.precision))
     elif args.models == "null":
         pred = NullPredictor()
     else:
         pred = EnsemblePredictor(random_ensemble(args.models.split(",")), device=args.device, engine=args.engine,
-                                 max_batch=args.max_batch)
+                                 max_batch=args.max_batch, engine_options=engine_options_for(args.precision))
     cfg = ServerConfig(port=0, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                        workers=args.workers)
 
     def ready(server):
+        dtype = getattr(getattr(pred, "runner", None), "dtype", None)
         print(json.dumps({"port": server.port, "size": pred.spec.size, "members": len(pred.member_names),
-                          "engine": pred.engine, "version": pred.version}), flush=True)
+                          "engine": pred.engine, "dtype": str(dtype).replace("torch.", "") if dtype else None,
+                          "version": pred.version}), flush=True)
 
     return serve(pred, cfg, on_ready=ready)
 
@@ -92,7 +95,7 @@ class NullPredictor:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--device", args.device, "--engine", args.engine,
-           "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
+           "--precision", args.precision, "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
            "--max-queue", str(args.max_queue), "--workers", str(args.workers)]
     cmd += ["--bundle", args.bundle] if args.bundle else ["--models", args.models]
     if args.threads:
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                         "'null' = no model, to measure the server's own ceiling")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--engine", default="auto", choices=("auto", "naive", "fast"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="fast-engine arithmetic (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--max-queue", type=int, default=1024)
@@ -330,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['server_peak_rss_mb']:>6.0f}")
     result = {"bench": "service", "machine": machine_info(args.device), "server": {
         "bundle": args.bundle, "models": None if args.bundle else args.models, "members": ready["members"],
-        "crop_size": ready["size"], "engine": ready["engine"], "max_batch": args.max_batch,
+        "crop_size": ready["size"], "engine": ready["engine"], "dtype": ready.get("dtype"),
+        "precision": args.precision, "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms, "workers": args.workers, "threads": args.threads,
         "idle_rss_mb": rss_idle.get("VmRSS")}, "levels": rows,
         "server_exit_code": proc.returncode}

@@ -129,13 +129,26 @@ class EnsemblePredictor:
             self.predict(np.full((b, *self.spec.shape), self.spec.pad_hu, dtype=np.float32))
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def engine_options_for(precision: str) -> dict[str, Any]:
+    """Fast-engine options for a ``--precision`` choice; ``auto`` keeps the engine's default
+    (bf16 on CUDA, fp32 on CPU, where bf16 pays off only on CPUs with bf16 arithmetic)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return {} if precision == "auto" else {"dtype": {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]}
+
+
 def load_predictor(bundle_dir: str | Path, device: str = "cpu", *, engine: str = "auto",
-                   max_batch: int = 32) -> EnsemblePredictor:
+                   max_batch: int = 32, engine_options: dict[str, Any] | None = None) -> EnsemblePredictor:
     """Verify and load a bundle (``naslung.ensemble.load_bundle``) as a server predictor."""
     from naslung.ensemble import load_bundle
 
     return EnsemblePredictor(load_bundle(bundle_dir, device=device), device=device, engine=engine,
-                             max_batch=max_batch)
+                             max_batch=max_batch, engine_options=engine_options)
 
 
 def random_ensemble(model_names: Sequence[str], seed: int = 0):

@@ -32,6 +32,9 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the models run")
     p.add_argument("--engine", default="auto", choices=("auto", "naive", "fast"),
                    help="inference engine: fast = BN-folded, grouped members (compiled + CUDA graphs on GPU)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="fast-engine arithmetic: auto = bf16 on CUDA, fp32 on CPU; bf16 on a CPU with bf16 "
+                        "support is ~3x faster at batch 1 (see docs/benchmarks.md)")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch one forward pass takes")
     p.add_argument("--max-delay-ms", type=float, default=2.0,
                    help="longest a request waits for others to fill its batch")
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from service.auth import read_token
-    from service.predictor import EnsemblePredictor, load_predictor, random_ensemble
+    from service.predictor import EnsemblePredictor, engine_options_for, load_predictor, random_ensemble
     from service.server import ServerConfig, serve
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -70,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     logging.getLogger("service").setLevel(logging.INFO)
     if args.bundle:
-        predictor = load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch)
+        predictor = load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch,
+                                   engine_options=engine_options_for(args.precision))
     else:
         names = [n.strip() for n in args.random_models.split(",") if n.strip()]
         predictor = EnsemblePredictor(random_ensemble(names), device=args.device, engine=args.engine,
-                                      max_batch=args.max_batch)
+                                      max_batch=args.max_batch,
+                                      engine_options=engine_options_for(args.precision))
     config = ServerConfig(
         host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, workers=args.workers, max_message_bytes=int(args.max_message_mb * 2**20),

@@ -11,11 +11,13 @@ from service_testutil import REPO, subprocess_env
 def test_bench_service_smoke(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO / "bench" / "service.py"), "--models", "tiny", "--concurrency", "1,3",
-           "--duration", "1", "--warmup", "0.3", "--threads", "1", "--max-batch", "4", "--out", str(out)]
+           "--duration", "1", "--warmup", "0.3", "--threads", "1", "--max-batch", "4", "--precision", "bf16",
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     assert res["server"]["members"] == 1 and res["server"]["crop_size"] == 16
+    assert res["server"]["dtype"] == "bfloat16"  # --precision reaches the server process
     assert res["machine"]["cpus"] >= 1 and res["server_exit_code"] == 0  # drained on SIGTERM
     assert [r["concurrency"] for r in res["levels"]] == [1, 3]
     for r in res["levels"]:
