@@ -49,6 +49,9 @@ def require_nni(modules: tuple[str, ...] = NAS_MODULES) -> ModuleType:
             f"naslung search needs NNI 3.0, but importing it failed: {type(e).__name__}: {e}. "
             f"Install it with `pip install nni==3.0` (python {sys.version_info.major}.{sys.version_info.minor})."
         ) from e
+    # NNI prints its own (coloured) log lines through a handler on the "nni" logger; propagating them
+    # to the CLI's root handler printed every line twice.
+    logging.getLogger("nni").propagate = False
     version = getattr(nni, "__version__", "?")
     if not any(str(version).startswith(v) for v in SUPPORTED):
         log.warning("NNI %s is untested here (written against %s)", version, ", ".join(SUPPORTED))
