@@ -150,7 +150,7 @@ def load_search_candidates(run_dir: str | Path) -> list[Candidate]:
         tid = str(rec.get("trial_id", path.stem))
         vp = rec.get("val_proba")
         cands.append(Candidate(
-            name=f"trial-{rec.get('seq', len(cands))}-{tid}", config=cfg,
+            name=f"trial-{rec.get('seq', len(cands))}", config=cfg,  # NNI's trial id (random) stays in info
             metrics={k: v for k, v in rec.items() if k.startswith("val_") and k not in ("val_proba", "val_ids")}
             | {k: rec.get(k) for k in ("latency_ms", "flops", "params")},
             pareto=tid in pareto_ids,
