@@ -35,5 +35,12 @@ test-slow: venv
 test-all: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# CPU benchmarks (minutes); GPU runs: bench/gpu/README.md. Figures go to docs/benchmarks.md by hand.
+bench: venv
+	$(BIN)/python bench/train_throughput.py --device cpu --models model1,naslung-ref --out runs/bench/train_throughput.json
+	$(BIN)/python bench/augment_bench.py --device cpu --batch 32 64 --out runs/bench/augment.json
+	$(BIN)/python bench/ensemble.py --device cpu --batches 1 8 32 --out runs/bench/ensemble.json
+	$(BIN)/python bench/service.py --concurrency 1,4 --max-batch 8 --duration 10 --out runs/bench/service.json
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
