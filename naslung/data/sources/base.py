@@ -20,3 +20,13 @@ class SourceOptions:
     progress: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def require_input_dir(options: SourceOptions, source: str, holds: str) -> Path:
+    """The source's ``--input`` directory, or an error saying what the source expects there."""
+    if options.input is None:
+        raise ValueError(f"--source {source} needs --input DIR (a directory of {holds})")
+    root = Path(options.input)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: {source} input directory not found (expected {holds})")
+    return root

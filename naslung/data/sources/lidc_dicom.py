@@ -30,7 +30,7 @@ import numpy as np
 
 from naslung.data.dataset import PreparedDataset, Skipped
 from naslung.data.lidc_labels import LABEL_RULES, cluster_scan, consensus_geometry
-from naslung.data.sources.base import SourceOptions
+from naslung.data.sources.base import SourceOptions, require_input_dir
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +192,7 @@ def prepare(options: SourceOptions) -> PreparedDataset:
 
     from naslung.data.pylidc_compat import import_pylidc
 
-    if options.input is None:
-        raise ValueError("--source lidc-dicom needs --input DIR (a directory of LIDC-IDRI DICOM series)")
-    root = Path(options.input)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: DICOM input directory not found")
+    root = require_input_dir(options, "lidc-dicom", "LIDC-IDRI DICOM series")
     # None (a CLI left at its default) -> this route's default: the NAS-Lung mean rule, any readers.
     options = replace(options, label_rule=options.label_rule or DEFAULT_RULE,
                       min_readers=int(options.min_readers or 1))

@@ -26,7 +26,7 @@ import numpy as np
 
 from naslung.data.crop import crop_at_world, crop_coverage
 from naslung.data.dataset import PreparedDataset, Skipped
-from naslung.data.sources.base import SourceOptions
+from naslung.data.sources.base import SourceOptions, require_input_dir
 from naslung.data.volume import VolumeError, read_image_file
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,7 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
 
 
 def prepare(options: SourceOptions) -> PreparedDataset:
-    if options.input is None:
-        raise ValueError("luna16: --input DIR is required (a directory of LUNA16 .mhd/.raw volumes)")
-    root = Path(options.input)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: LUNA16 input directory not found")
+    root = require_input_dir(options, "luna16", "LUNA16 .mhd/.raw volumes")
     table = Path(options.labels_csv) if options.labels_csv is not None else root / LABEL_FILE
     if not table.is_file():
         raise FileNotFoundError(f"{table}: LUNA16 label table not found (give --labels CSV)")
