@@ -185,8 +185,9 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(buf):
         _call(argv + ["--json"])
     metrics = json.loads(buf.getvalue().strip().splitlines()[-1])
-    for k, v in metrics.items():
-        print(f"  {k:<12} {'n/a' if v is None else (v if k == 'n' else f'{v:.4f}')}")
+    from naslung.cli.evaluate import format_metrics
+
+    print(format_metrics(metrics))
     (out / "evaluate.json").write_text(json.dumps(metrics, indent=2) + "\n")
     fmt = lambda k: "n/a" if metrics.get(k) is None else f"{metrics[k]:.3f}"  # noqa: E731
     rows.append(("evaluate", str(out / "evaluate.json"), time.perf_counter() - t,

@@ -47,7 +47,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"bundle {args.bundle} (version {ens.version}, {len(ens)} members, rule {ens.rule}) on "
           f"{args.data}: {subset}")
-    for k in METRICS:
-        v = ev.metrics[k]
-        print(f"  {k:<12} {'n/a' if v is None else (v if k == 'n' else f'{v:.4f}')}")
+    print(format_metrics(ev.metrics))
     return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """The metric lines this command prints (also used by ``naslung demo``)."""
+    from naslung.ensemble.evaluate import METRICS
+
+    def cell(k: str) -> str:
+        v = metrics.get(k)
+        return "n/a" if v is None else str(v) if k == "n" else f"{v:.4f}"
+
+    return "\n".join(f"  {k:<12} {cell(k)}" for k in METRICS)
