@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from naslung.data.spec import CropSpec
 from naslung.ensemble.rules import RULES, check_weights
+from naslung.hashing import sha256_file
 from naslung.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,6 @@ class BundleMember:
     state_dict: Mapping[str, Any]  # name -> torch.Tensor
     metrics: dict[str, Any] = field(default_factory=dict)  # e.g. {"val": {...}, "test": {...}}
     info: dict[str, Any] = field(default_factory=dict)  # provenance: search trial, fold, epochs...
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canonical(obj: Any) -> bytes:

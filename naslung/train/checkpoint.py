@@ -9,7 +9,6 @@ Layout of a checkpoint directory::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,19 +16,12 @@ from typing import Any
 
 import torch
 
+from naslung.hashing import sha256_file
 from naslung.models.config import ModelConfig
 from naslung.train.metrics import json_safe
 
 FORMAT_VERSION = 1
 META = "checkpoint.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -68,7 +60,7 @@ def save_checkpoint(directory: str | Path, model_cfg: ModelConfig, state_dict: d
         "model": model_cfg.to_dict(),
         "metrics": json_safe(metrics),
         "weights": weights.name,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "extra": json_safe(extra or {}),
     }
     (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -90,7 +82,7 @@ def load_checkpoint(directory: str | Path, verify: bool = True) -> Checkpoint:
     weights = directory / meta["weights"]
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weight file named in {meta_path} is missing")
-    if verify and _sha256(weights) != meta.get("weights_sha256"):
+    if verify and sha256_file(weights) != meta.get("weights_sha256"):
         raise ValueError(f"{weights}: SHA-256 does not match {meta_path} (file changed or corrupt)")
     if weights.suffix == ".safetensors":
         from safetensors.torch import load_file
