@@ -291,7 +291,114 @@ class GroupedMembers(nn.Module):
         return torch.softmax(self.head(emb), dim=2).transpose(0, 1)
 
 
+# ----------------------------------------------------------------------------- Triton backend
+class TritonMember(nn.Module):
+    """One BN-folded NASLungNet run as Triton launches on padded channels-last buffers.
+
+    See :mod:`naslung.ensemble.kernels` for the layout and the kernels. A residual block is three
+    launches (shortcut, conv1, conv2 with the shortcut added in its epilogue); a CBAM is a channel
+    reduction and its tiny MLP in PyTorch, then one launch for the whole spatial half.
+    Output: (1, N, K) fp32 probabilities, like :class:`GroupedMembers`.
+    """
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        from naslung.ensemble import kernels
+
+        self.k, self.dtype = kernels, dtype
+        pack = lambda m: self._pack(_conv_of(m))
+        stem = list(net.stem)
+        if len(stem) != 3:
+            raise _Unsupported("stem layout")
+        self.stem0_conv = _conv_of(stem[0])  # kept so an ensemble can run all members' first convs as one
+        self.stem = [pack(stem[0]), pack(stem[1])]
+        self.stem_cbam = self._cbam(stem[2])
+        self.stages = []
+        for stage in net.stages:
+            mods = list(stage)
+            if not isinstance(mods[0], ConvBNReLU):
+                raise _Unsupported("stage must start with its strided conv")
+            blocks = []
+            for b in mods[1:-1]:
+                if not isinstance(b, ResidualBlock):
+                    raise _Unsupported(f"stage module {type(b).__name__}")
+                blocks.append((pack(b.shortcut), pack(b.conv1), pack(b.conv2)))
+            self.stages.append((pack(mods[0]), blocks, self._cbam(mods[-1])))
+        if not isinstance(net.pool, nn.AdaptiveAvgPool3d) or net.pool.output_size not in (1, (1, 1, 1)):
+            raise _Unsupported("pooling")
+        self.head = _GHead([net.head])
+
+    def _pack(self, conv: nn.Conv3d):
+        if len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1:
+            raise _Unsupported("anisotropic conv")
+        try:
+            return self.k.pack_conv(conv.weight, conv.bias, conv.stride[0], conv.padding[0], self.dtype)
+        except ValueError as e:
+            raise _Unsupported(str(e)) from None
+
+    @staticmethod
+    def _cbam(m: nn.Module):
+        if isinstance(m, nn.Identity):
+            return None
+        if not isinstance(m, CBAM3d):
+            raise _Unsupported(f"attention module {type(m).__name__}")
+        cg = m.channel_gate
+        return {"fc1": cg.fc1.weight.detach().float(), "fc2": cg.fc2.weight.detach().float(),
+                "relu": not isinstance(cg.act, nn.Identity), "gate": cg.gate,
+                "spatial": m.spatial_gate.conv.weight.detach().float(), "naslung": m.variant == "naslung"}
+
+    def _apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
+        if p is None:
+            return h
+        n, dp, hp, wp, c = h.shape
+        flat = h.view(n, -1, c)
+        # CBAM inputs are ReLU outputs (>= 0) with a zero border, so reducing over the whole padded
+        # buffer gives the interior's max, and its sum over the interior's voxel count the mean.
+        avg = flat.sum(dim=1, dtype=torch.float32) / ((dp - 2) * (hp - 2) * (wp - 2))
+        mx = flat.amax(dim=1).float()
+
+        def mlp(v: torch.Tensor) -> torch.Tensor:
+            z = v @ p["fc1"].t()
+            return (torch.relu(z) if p["relu"] else z) @ p["fc2"].t()
+
+        z = mlp(avg) + mlp(mx)
+        g = torch.softmax(z, dim=1) if p["gate"] == "softmax" else torch.sigmoid(z)
+        return self.k.cbam_spatial(h, g, p["spatial"], naslung=p["naslung"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.k.conv3d(self.k.to_padded(x, self.dtype), self.stem[0]))
+
+    def tail(self, h0: torch.Tensor, channel_offset: int = 0) -> torch.Tensor:
+        """Everything after the first conv, whose output is channels ``channel_offset..`` of ``h0``."""
+        conv = self.k.conv3d
+        h = conv(h0, self.stem[1], cin_offset=channel_offset)
+        h = self._apply_cbam(h, self.stem_cbam)
+        for down, blocks, cbam in self.stages:
+            h = conv(h, down)
+            for short, c1, c2 in blocks:
+                h = conv(conv(h, c1), c2, residual=conv(h, short))
+            h = self._apply_cbam(h, cbam)
+        emb = self.k.interior(h).mean(dim=(1, 2, 3), dtype=torch.float32)
+        return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
+
+
+def triton_backend_usable(device: torch.device) -> tuple[bool, str]:
+    """Whether the Triton backend can run on ``device``, and why not."""
+    import os
+
+    if not _triton_available():
+        return False, "triton is not installed"
+    if device.type == "cuda":
+        return True, ""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, ""
+    return False, f"the Triton backend needs a CUDA device (or TRITON_INTERPRET=1 for tests), not {device.type}"
+
+
 # ----------------------------------------------------------------------------- engine
+BACKENDS = ("auto", "torch", "triton")
+
+
 class FastEnsemble:
     """All members of an ensemble in one call; see the module docstring for what is applied where.
 
@@ -300,13 +407,16 @@ class FastEnsemble:
     into grouped convs (default off: on an H100 cuDNN's grouped 3D convs made 5 stacked members
     2x slower than running them in turn). ``compile``: ``torch.compile`` the whole forward once (default off). ``cuda_graphs``: replay a captured graph per input shape (default on CUDA).
     ``chunk``: largest batch handed to the kernels at once (bounds memory; None = whole batch).
+    ``backend``: ``"torch"`` (cuDNN / CPU convolutions, the options above), ``"triton"`` (our
+    kernels in :mod:`naslung.ensemble.kernels` on padded channels-last buffers; CUDA, or CPU under
+    ``TRITON_INTERPRET=1`` for tests) or ``"auto"`` (Triton on CUDA when it is installed).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
                  dtype: torch.dtype | None = None, channels_last: bool | None = None, group: bool = False,
                  compile: bool | None = None, cuda_graphs: bool | None = None,
                  compile_mode: str | None = None, chunk: int | None = None,
-                 direct_max_cin: int | None = None) -> None:
+                 direct_max_cin: int | None = None, backend: str = "auto") -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -320,13 +430,40 @@ class FastEnsemble:
         self.member_names, self.spec = list(ensemble.member_names), ensemble.spec
         self.manifest, self.configs = ensemble.manifest, list(getattr(ensemble, "configs", []))
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            backend = "triton" if cuda and triton_backend_usable(self.device)[0] else "torch"
+        elif backend == "triton":
+            ok, why = triton_backend_usable(self.device)
+            if not ok:
+                raise ValueError(why)
+        self.backend = backend
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
+        self._shared_stem = None
+        if backend == "triton":
+            # One member per group: the kernels already fill the card at any useful batch size.
+            self.groups = [([i], TritonMember(m, self.dtype)) for i, m in enumerate(folded)]
+            self.channels_last, group = False, False
+            if len(self.groups) > 1:
+                # Every member's first conv reads the same 1-channel input: run them as one conv
+                # with all members' output channels, and let each member read its own slice.
+                from naslung.ensemble import kernels
+
+                convs = [net.stem0_conv for _, net in self.groups]
+                weight = torch.cat([c.weight for c in convs])
+                bias = torch.cat([c.bias for c in convs])
+                offsets = [0]
+                for c in convs[:-1]:
+                    offsets.append(offsets[-1] + c.out_channels)
+                self._shared_stem = (kernels.pack_conv(weight, bias, 1, convs[0].padding[0], self.dtype), offsets)
         groups: dict[tuple, list[int]] = {}
         for i, m in enumerate(folded):
             key = architecture_key(m) if group else (i,)
             groups.setdefault(key, []).append(i)
-        self.groups: list[tuple[list[int], nn.Module]] = []
-        for idx in groups.values():
+        if backend == "torch":
+            self.groups: list[tuple[list[int], nn.Module]] = []
+        for idx in (groups.values() if backend == "torch" else ()):
             net = GroupedMembers([folded[i] for i in idx])
             net = net.to(device=self.device, dtype=self.dtype).eval()
             net.head.float()  # heads (and CBAM gate MLPs, cast in forward) stay fp32
@@ -337,8 +474,9 @@ class FastEnsemble:
             self.groups.append((idx, net))
         order = [i for idx, _ in self.groups for i in idx]
         self._inverse = torch.tensor([order.index(i) for i in range(len(order))], device=self.device)
-        log.info("fast ensemble: %d members in %d group(s) %s on %s (%s, channels_last=%s)", len(order),
-                 len(self.groups), [len(i) for i, _ in self.groups], self.device, self.dtype, self.channels_last)
+        log.info("fast ensemble: %d members in %d group(s) %s on %s (%s backend, %s, channels_last=%s)", len(order),
+                 len(self.groups), [len(i) for i, _ in self.groups], self.device, backend, self.dtype,
+                 self.channels_last)
 
         if compile is None:
             # Off by default: on an H100 compiling (without direct small convs) gained only ~9% at
@@ -347,7 +485,7 @@ class FastEnsemble:
         self.compiled = bool(compile)
         # Tiny-channel convs as fused slice sums: opt-in (fast once compiled, but slow to compile).
         self.direct_max_cin = 0 if direct_max_cin is None else int(direct_max_cin)
-        for _, net in self.groups:
+        for _, net in (self.groups if backend == "torch" else ()):
             for mod in net.modules():
                 if isinstance(mod, _GConv):
                     mod.direct_max_cin = self.direct_max_cin
@@ -370,7 +508,14 @@ class FastEnsemble:
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        outs = [net(x) for _, net in self.groups]
+        if self._shared_stem is not None:
+            from naslung.ensemble import kernels
+
+            packed, offsets = self._shared_stem
+            h0 = kernels.conv3d(kernels.to_padded(x, self.dtype), packed)
+            outs = [net.tail(h0, off) for (_, net), off in zip(self.groups, offsets)]
+        else:
+            outs = [net(x) for _, net in self.groups]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
         return out.index_select(0, self._inverse)
 
