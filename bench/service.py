@@ -37,36 +37,48 @@ import numpy as np  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------- server side
-def serve_main(args: argparse.Namespace) -> int:
-    """Child process: load the predictor, serve, print the port, drain on SIGTERM."""
+def build_predictor(args: argparse.Namespace):
+    """The server's predictor (module level: every server process builds its own)."""
     import logging
 
     import torch
 
     from service.predictor import EnsemblePredictor, engine_options_for, load_predictor, random_ensemble
-    from service.server import ServerConfig, serve
 
     logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.bundle:
-        pred = load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch,
-                                   engine_options=engine_options_for(args.precision))
-    elif args.models == "null":
-        pred = NullPredictor()
-    else:
-        pred = EnsemblePredictor(random_ensemble(args.models.split(",")), device=args.device, engine=args.engine,
-                                 max_batch=args.max_batch, engine_options=engine_options_for(args.precision))
+        return load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch,
+                              engine_options=engine_options_for(args.precision))
+    if args.models == "null":
+        return NullPredictor()
+    return EnsemblePredictor(random_ensemble(args.models.split(",")), device=args.device, engine=args.engine,
+                             max_batch=args.max_batch, engine_options=engine_options_for(args.precision))
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Child process: load the predictor, serve (``--server-procs`` processes), print the port, drain on SIGTERM."""
+    import functools
+
+    from service.procs import serve_processes
+    from service.server import ServerConfig
+
+    pred = build_predictor(args) if args.server_procs == 1 else None
     cfg = ServerConfig(port=0, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                        workers=args.workers)
 
     def ready(server):
+        probe = pred or NullPredictor()
         dtype = getattr(getattr(pred, "runner", None), "dtype", None)
-        print(json.dumps({"port": server.port, "size": pred.spec.size, "members": len(pred.member_names),
-                          "engine": pred.engine, "dtype": str(dtype).replace("torch.", "") if dtype else None,
-                          "version": pred.version}), flush=True)
+        print(json.dumps({"port": server.port, "size": probe.spec.size,
+                          "members": len(probe.member_names) if pred else None,
+                          "engine": pred.engine if pred else f"{args.engine} x{args.server_procs} procs",
+                          "dtype": str(dtype).replace("torch.", "") if dtype else None,
+                          "version": pred.version if pred else None}), flush=True)
 
-    return serve(pred, cfg, on_ready=ready)
+    factory = (lambda: pred) if pred is not None else functools.partial(build_predictor, args)
+    return serve_processes(factory, cfg, args.server_procs, on_ready=ready)
 
 
 class NullPredictor:
@@ -96,7 +108,7 @@ class NullPredictor:
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--device", args.device, "--engine", args.engine,
            "--precision", args.precision, "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
-           "--max-queue", str(args.max_queue), "--workers", str(args.workers)]
+           "--max-queue", str(args.max_queue), "--workers", str(args.workers), "--server-procs", str(args.server_procs)]
     cmd += ["--bundle", args.bundle] if args.bundle else ["--models", args.models]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -108,16 +120,31 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def rss_mb(pid: int) -> dict[str, float]:
-    """Resident (VmRSS) and peak resident (VmHWM) memory of a process, MiB (Linux)."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(val.split()[0]) / 1024
-    except OSError:
-        pass
+    """Resident (VmRSS) and peak resident (VmHWM) memory, MiB, summed over the server's process tree (Linux)."""
+    out: dict[str, float] = {}
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key, _, val = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = out.get(key, 0.0) + int(val.split()[0]) / 1024
+        except OSError:
+            pass
     return out
 
 
@@ -127,7 +154,10 @@ def _stub(target: str):
 
     from service.generated import nodule_service_pb2 as pb
 
-    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    # a connection of its own (no subchannel shared between a process's channels), so with several
+    # server processes the kernel spreads the clients over them
+    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                     ("grpc.use_local_subchannel_pool", 1)])
     predict = channel.unary_unary("/naslung.v1.NoduleService/Predict",
                                   request_serializer=pb.PredictRequest.SerializeToString,
                                   response_deserializer=pb.PredictResponse.FromString)
@@ -291,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue", type=int, default=1024)
     p.add_argument("--workers", type=int, default=128, help="server RPC threads")
     p.add_argument("--threads", type=int, default=None, help="server torch CPU threads")
+    p.add_argument("--server-procs", type=int, default=1,
+                   help="server processes sharing the port (naslung serve --procs)")
     p.add_argument("--concurrency", default="1,8,64", help="comma-separated numbers of concurrent clients")
     p.add_argument("--client-procs", type=int, default=1, help="client processes per level (GIL relief)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
@@ -338,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "crop_size": ready["size"], "engine": ready["engine"], "dtype": ready.get("dtype"),
         "precision": args.precision, "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms, "workers": args.workers, "threads": args.threads,
+        "server_procs": args.server_procs,
         "idle_rss_mb": rss_idle.get("VmRSS")}, "levels": rows,
         "server_exit_code": proc.returncode}
     if args.out:

@@ -60,6 +60,7 @@ class ServerConfig:
     tls_key: str | None = None
     token: str | None = None           # bearer token required on every RPC but health checks
     grace_s: float = 10.0              # drain time on shutdown
+    reuse_port: bool = False           # SO_REUSEPORT: several processes share the port (service.procs)
 
     @property
     def limits(self) -> Limits:
@@ -435,7 +436,7 @@ class NoduleServer:
                 cfg.token, on_reject=lambda m: self.metrics.record(m.rsplit("/", 1)[-1], "UNAUTHENTICATED", 0.0)))
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 1 if cfg.reuse_port else 0)]
         self._pool = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="naslung-rpc")
         self.server = grpc.server(self._pool, interceptors=interceptors, options=options,
                                   maximum_concurrent_rpcs=cfg.workers)

@@ -148,8 +148,9 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
               dtype: torch.dtype, kb: int | None = None) -> PackedConv:
     """Pack a cubic-kernel conv ``weight`` (COUT, CIN, k, k, k) for :func:`conv3d`.
 
-    ``kb``: reduction chunk (a power of two >= 16); by default 32 for 1-8 channels (several taps
-    per chunk), else min(64, channels).
+    ``kb``: reduction chunk (a power of two >= 16); by default 128 for 4 channels, 32 for 1, 2 and 8
+    (several taps per chunk), else min(64, channels) -- the fastest of 16..128 measured on an
+    H200 (docs/benchmarks.md).
     """
     cout, cin, kd, kh, kw = weight.shape
     if not kd == kh == kw or kd % 2 == 0 or padding != kd // 2 or padding > 1:
@@ -158,7 +159,10 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
     ks = kd
     cin_pad = _pow2(cin)
     if kb is None:
-        kb = min(64, max(16, cin_pad)) if cin_pad >= 16 else max(16, min(32, _pow2(ks ** 3 * cin_pad)))
+        if cin_pad >= 16:
+            kb = min(64, cin_pad)
+        else:
+            kb = max(16, min(128 if cin_pad == 4 else 32, _pow2(ks ** 3 * cin_pad)))
     if kb < 16 or kb & (kb - 1):
         raise ValueError(f"kb must be a power of two >= 16, got {kb}")
     k_total = ks ** 3 * cin_pad
@@ -177,11 +181,12 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
 
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
-           cin_offset: int = 0, block_m: int = 128, num_warps: int = 4) -> torch.Tensor:
+           cin_offset: int = 0, block_m: int | None = None, num_warps: int = 4) -> torch.Tensor:
     """Conv of a padded NDHWC buffer -> padded NDHWC buffer (bias, ReLU, + residual fused).
 
     ``cin_offset``: read input channels ``[cin_offset, cin_offset + p.cin)`` of ``x`` (several
-    members' stems share one buffer).
+    members' stems share one buffer). ``block_m``: output voxels per program (default 256 for
+    rows of 32 or more voxels, else 128: the H200 sweep's best).
     """
     n, dip, hip, wip, xc = x.shape
     if cin_offset < 0 or cin_offset + p.cin > xc:
@@ -191,7 +196,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     out = torch.empty((n, do + 2, ho + 2, wo + 2, p.cout), device=x.device, dtype=x.dtype)
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
-    wo2, lpb = _tiling(wo, block_m)
+    wo2, lpb = _tiling(wo, block_m or (256 if wo >= 32 else 128))
     nlines = n * (do + 2) * (ho + 2)
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
@@ -263,7 +268,7 @@ def cbam_spatial(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *, n
     ks = weight.shape[-1]
     w = weight.detach().float().reshape(2, ks ** 3).contiguous()
     cp = _pow2(c)
-    wo2, lpb = _tiling(wp - 2, block_m or (128 if cp <= 4 else 64))
+    wo2, lpb = _tiling(wp - 2, block_m or (256 if cp <= 4 else 64))
     out = torch.empty_like(x)
     nlines = n * dp * hp
     _cbam_spatial_kernel[(triton.cdiv(nlines, lpb),)](x, gate.float().contiguous(), w, out, nlines, dp, hp, wp, c,

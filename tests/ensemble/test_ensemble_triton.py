@@ -1,0 +1,40 @@
+"""The Triton backend's kernels and engine, on CPU through Triton's interpreter (same kernel code as
+on a GPU; fp32 only, since the interpreter has no bf16). GPU runs: bench/gpu/engine_layers.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CASES = Path(__file__).with_name("triton_interp_cases.py")
+
+
+@pytest.mark.parametrize("case", ["conv", "cbam", "engine"])
+def test_triton_kernels_match_pytorch_under_the_interpreter(case):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, str(CASES), case], capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{case} ok" in out.stdout
+
+
+def test_triton_backend_refuses_cpu_without_the_interpreter(monkeypatch):
+    from naslung.ensemble.engine import FastEnsemble, triton_backend_usable
+    from naslung.ensemble.naive import Ensemble
+    from naslung.models import build_model, get_config
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ok, why = triton_backend_usable(torch.device("cpu"))
+    assert not ok and "CUDA" in why
+    cfg = get_config("tiny")
+    ens = Ensemble([build_model(cfg).eval()], names=["t"], configs=[cfg], rule="mean")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        FastEnsemble(ens, "cpu", backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FastEnsemble(ens, "cpu", backend="cudnn")
+    assert FastEnsemble(ens, "cpu").backend == "torch"  # auto on CPU: the PyTorch path

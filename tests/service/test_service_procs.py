@@ -1,0 +1,80 @@
+"""`naslung serve --procs N`: several processes on one port (SO_REUSEPORT), each answering; SIGTERM
+drains them all; a child that cannot load its bundle stops the group with an error."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from service.client import crop_request
+from service.generated import nodule_service_pb2 as pb
+from service_testutil import make_crop, subprocess_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
+
+
+def _read_ready(proc, want_metrics: int, timeout: float = 120) -> tuple[int, list[int], str]:
+    port, metrics, lines = None, [], []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (port is None or len(metrics) < want_metrics):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving naslung\.v1\.NoduleService on 127\.0\.0\.1:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+        m = re.search(r"^metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+        if m:
+            metrics.append(int(m.group(1)))
+    return port, metrics, "".join(lines)
+
+
+def _served(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'naslung_requests_total\{code="OK",method="Predict"\} ([0-9.e+]+)', text))
+
+
+def test_two_processes_share_a_port_and_drain(tiny_bundle):
+    cmd = [sys.executable, "-m", "naslung", "serve", "--bundle", str(tiny_bundle), "--port", "0", "--procs", "2",
+           "--engine", "naive", "--threads", "1", "--metrics-port", "0", "--max-delay-ms", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    try:
+        port, metrics, log = _read_ready(proc, want_metrics=2)
+        assert port and len(set(metrics)) == 2, log
+        assert "2 processes" in log
+        req = crop_request(make_crop(1)).SerializeToString()
+        probs = set()
+        # separate TCP connections (no shared subchannel), so the kernel spreads them over both processes
+        for _ in range(24):
+            ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            call = ch.unary_unary("/naslung.v1.NoduleService/Predict", request_serializer=None,
+                                  response_deserializer=pb.PredictResponse.FromString)
+            probs.add(round(call(req, timeout=30).malignancy_probability, 6))
+            ch.close()
+        assert len(probs) == 1  # the same bundle everywhere: the same answer from either process
+        counts = [_served(m) for m in metrics]
+        assert sum(counts) == 24 and all(c > 0 for c in counts), counts
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "draining 2 server processes" in rest and rest.rstrip().endswith("stopped"), rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_child_that_cannot_load_stops_the_group(tmp_path):
+    missing = tmp_path / "no-bundle"
+    cmd = [sys.executable, "-m", "naslung", "serve", "--bundle", str(missing), "--port", "0", "--procs", "2",
+           "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "failed to start" in out.stderr and str(missing) in out.stderr, out.stderr
