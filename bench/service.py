@@ -50,11 +50,11 @@ def build_predictor(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     if args.bundle:
         return load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch,
-                              engine_options=engine_options_for(args.precision))
+                              engine_options=engine_options_for(args.precision, args.device))
     if args.models == "null":
         return NullPredictor()
     return EnsemblePredictor(random_ensemble(args.models.split(",")), device=args.device, engine=args.engine,
-                             max_batch=args.max_batch, engine_options=engine_options_for(args.precision))
+                             max_batch=args.max_batch, engine_options=engine_options_for(args.precision, args.device))
 
 
 def serve_main(args: argparse.Namespace) -> int:

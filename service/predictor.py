@@ -132,14 +132,32 @@ class EnsemblePredictor:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def engine_options_for(precision: str) -> dict[str, Any]:
-    """Fast-engine options for a ``--precision`` choice; ``auto`` keeps the engine's default
-    (bf16 on CUDA, fp32 on CPU, where bf16 pays off only on CPUs with bf16 arithmetic)."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 / AMX), where bf16 pays off."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def engine_options_for(precision: str, device: str = "cpu") -> dict[str, Any]:
+    """Fast-engine options for a ``--precision`` choice.
+
+    ``auto`` serves in bf16 where the hardware has bf16 arithmetic -- CUDA, and CPUs with
+    AVX512-BF16 or AMX, where it is ~2.5x faster at batch 1 -- and in fp32 elsewhere. bf16
+    probabilities stay within 1e-2 of fp32 (tested); ``--precision fp32`` forces exact fp32.
+    """
     import torch
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return {} if precision == "auto" else {"dtype": {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]}
+    if precision == "auto":
+        if str(device).startswith("cuda"):
+            return {}  # the engine's CUDA default is bf16
+        precision = "bf16" if cpu_has_bf16() else "fp32"
+    return {"dtype": {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]}
 
 
 def load_predictor(bundle_dir: str | Path, device: str = "cpu", *, engine: str = "auto",

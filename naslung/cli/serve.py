@@ -32,10 +32,10 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0 = any free port, printed on start)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the models run")
     p.add_argument("--engine", default="auto", choices=("auto", "naive", "fast"),
-                   help="inference engine: fast = BN-folded, grouped members (compiled + CUDA graphs on GPU)")
+                   help="inference engine: fast = BN folded (Triton kernels + CUDA graphs on GPU), naive = members in turn")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="fast-engine arithmetic: auto = bf16 on CUDA, fp32 on CPU; bf16 on a CPU with bf16 "
-                        "support is ~3x faster at batch 1 (see docs/benchmarks.md)")
+                   help="fast-engine arithmetic: auto = bf16 on CUDA and on CPUs with bf16 hardware "
+                        "(AVX512-BF16/AMX; ~2.5x faster at batch 1, probabilities within 1e-2), else fp32")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch one forward pass takes")
     p.add_argument("--max-delay-ms", type=float, default=2.0,
                    help="longest a request waits for others to fill its batch")
@@ -72,10 +72,10 @@ def make_predictor(bundle: str | None, random_models: str | None, device: str, e
         torch.set_num_threads(threads)
     if bundle:
         return load_predictor(bundle, device, engine=engine, max_batch=max_batch,
-                              engine_options=engine_options_for(precision))
+                              engine_options=engine_options_for(precision, device))
     names = [n.strip() for n in (random_models or "").split(",") if n.strip()]
     return EnsemblePredictor(random_ensemble(names), device=device, engine=engine, max_batch=max_batch,
-                             engine_options=engine_options_for(precision))
+                             engine_options=engine_options_for(precision, device))
 
 
 def run(args: argparse.Namespace) -> int:

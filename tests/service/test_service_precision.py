@@ -19,7 +19,14 @@ def test_bf16_engine_matches_fp32_within_bf16_tolerance():
     assert np.abs(a.member_proba - b.member_proba).max() <= 1e-2
 
 
-def test_auto_keeps_the_engine_default_and_unknown_is_refused():
-    assert engine_options_for("auto") == {}
+def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    import service.predictor as sp
+
+    assert engine_options_for("auto", "cuda") == {}  # the engine's CUDA default (bf16)
+    monkeypatch.setattr(sp, "cpu_has_bf16", lambda: True)
+    assert engine_options_for("auto", "cpu") == {"dtype": torch.bfloat16}
+    monkeypatch.setattr(sp, "cpu_has_bf16", lambda: False)
+    assert engine_options_for("auto", "cpu") == {"dtype": torch.float32}
+    assert engine_options_for("fp32", "cuda") == {"dtype": torch.float32}
     with pytest.raises(ValueError, match="precision"):
         engine_options_for("fp8")
