@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -45,3 +46,22 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def read_serve_ready(proc, want_metrics: int = 1, timeout: float = 120) -> tuple[int | None, list[int], str]:
+    """Read a `naslung serve` child's stdout until it printed its port and ``want_metrics`` metrics
+    URLs: (port, metrics ports, the lines read)."""
+    port, metrics, lines = None, [], []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (port is None or len(metrics) < want_metrics):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving naslung\.v1\.NoduleService on 127\.0\.0\.1:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+        m = re.search(r"^metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+        if m:
+            metrics.append(int(m.group(1)))
+    return port, metrics, "".join(lines)

@@ -15,7 +15,7 @@ import pytest
 
 from naslung.cli.main import main
 from service.client import NoduleClient, crop_request
-from service_testutil import make_crop, subprocess_env
+from service_testutil import make_crop, read_serve_ready, subprocess_env
 
 
 def test_predict_cli_crop_stack_and_volume(start_server, predictor, tmp_path, capsys):
@@ -97,21 +97,9 @@ def test_serve_process_drains_on_sigterm(tiny_bundle):
            "--max-batch", "64", "--max-delay-ms", "3000", "--engine", "naive", "--threads", "1", "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
     try:
-        port = metrics_port = None
-        deadline = time.monotonic() + 60
-        lines = []
-        while time.monotonic() < deadline and metrics_port is None:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"serving naslung\.v1\.NoduleService on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-            m = re.search(r"^metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
-            if m:
-                metrics_port = int(m.group(1))
-        assert port and metrics_port, "".join(lines)
+        port, metrics, log = read_serve_ready(proc, want_metrics=1, timeout=60)
+        metrics_port = metrics[0] if metrics else None
+        assert port and metrics_port, log
         client = NoduleClient(f"127.0.0.1:{port}", timeout=20)
         got = {}
 

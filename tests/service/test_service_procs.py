@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import grpc
@@ -14,26 +13,9 @@ import pytest
 
 from service.client import crop_request
 from service.generated import nodule_service_pb2 as pb
-from service_testutil import make_crop, subprocess_env
+from service_testutil import make_crop, read_serve_ready, subprocess_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
-
-
-def _read_ready(proc, want_metrics: int, timeout: float = 120) -> tuple[int, list[int], str]:
-    port, metrics, lines = None, [], []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (port is None or len(metrics) < want_metrics):
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"serving naslung\.v1\.NoduleService on 127\.0\.0\.1:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-        m = re.search(r"^metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
-        if m:
-            metrics.append(int(m.group(1)))
-    return port, metrics, "".join(lines)
 
 
 def _served(metrics_port: int) -> float:
@@ -46,7 +28,7 @@ def test_two_processes_share_a_port_and_drain(tiny_bundle):
            "--engine", "naive", "--threads", "1", "--metrics-port", "0", "--max-delay-ms", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
     try:
-        port, metrics, log = _read_ready(proc, want_metrics=2)
+        port, metrics, log = read_serve_ready(proc, want_metrics=2)
         assert port and len(set(metrics)) == 2, log
         assert "2 processes" in log
         req = crop_request(make_crop(1)).SerializeToString()
