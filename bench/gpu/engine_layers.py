@@ -109,7 +109,7 @@ def main() -> int:
     print(f"whole engine forward (no graph) {ens_ms:.2f} ms -> {args.batch / ens_ms * 1e3:,.0f} crops/s", flush=True)
     if fast._shared_stem is not None:
         conv_row("shared stem0", K.to_padded(x, torch.bfloat16 if not args.dry_run else torch.float32),
-                 fast._shared_stem[0])
+                 fast._shared_stem.packed)
     # the reduction chunk for the 4->4 stem conv
     xs4 = torch.rand(args.batch, size + 2, size + 2, size + 2, 4, device=dev).to(fast.dtype)
     for kb in (16, 32, 64, 128):

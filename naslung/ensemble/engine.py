@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Sequence
 
 import torch
@@ -385,10 +386,25 @@ class TritonMember(nn.Module):
         return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
 
 
+class _SharedStem:
+    """All members' first convs (each 1 -> w_i channels) as one conv with sum(w_i) outputs;
+    member i then reads channels ``offsets[i]..`` of the result."""
+
+    def __init__(self, convs: Sequence[nn.Conv3d], dtype: torch.dtype) -> None:
+        from naslung.ensemble import kernels
+
+        self.k, self.dtype = kernels, dtype
+        weight = torch.cat([c.weight for c in convs])
+        bias = torch.cat([c.bias for c in convs])
+        self.packed = kernels.pack_conv(weight, bias, 1, convs[0].padding[0], dtype)
+        self.offsets = [sum(c.out_channels for c in convs[:i]) for i in range(len(convs))]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.k.conv3d(self.k.to_padded(x, self.dtype), self.packed)
+
+
 def triton_backend_usable(device: torch.device) -> tuple[bool, str]:
     """Whether the Triton backend can run on ``device``, and why not."""
-    import os
-
     if not _triton_available():
         return False, "triton is not installed"
     if device.type == "cuda":
@@ -435,46 +451,28 @@ class FastEnsemble:
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "auto":
+        auto = backend == "auto"
+        if auto:
             backend = "triton" if cuda and triton_backend_usable(self.device)[0] else "torch"
         elif backend == "triton":
             ok, why = triton_backend_usable(self.device)
             if not ok:
                 raise ValueError(why)
-        self.backend = backend
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
-        self._shared_stem = None
+        self._shared_stem: _SharedStem | None = None
         if backend == "triton":
-            # One member per group: the kernels already fill the card at any useful batch size.
-            self.groups = [([i], TritonMember(m, self.dtype)) for i, m in enumerate(folded)]
-            self.channels_last, group = False, False
-            if len(self.groups) > 1:
-                # Every member's first conv reads the same 1-channel input: run them as one conv
-                # with all members' output channels, and let each member read its own slice.
-                from naslung.ensemble import kernels
-
-                convs = [net.stem0_conv for _, net in self.groups]
-                weight = torch.cat([c.weight for c in convs])
-                bias = torch.cat([c.bias for c in convs])
-                offsets = [0]
-                for c in convs[:-1]:
-                    offsets.append(offsets[-1] + c.out_channels)
-                self._shared_stem = (kernels.pack_conv(weight, bias, 1, convs[0].padding[0], self.dtype), offsets)
-        groups: dict[tuple, list[int]] = {}
-        for i, m in enumerate(folded):
-            key = architecture_key(m) if group else (i,)
-            groups.setdefault(key, []).append(i)
+            try:
+                self.groups = self._triton_groups(folded)
+            except _Unsupported as e:
+                if not auto:
+                    raise ValueError(f"the Triton backend cannot run these members ({e})") from None
+                log.info("Triton backend unsupported for these members (%s): using the torch backend", e)
+                backend = "torch"
         if backend == "torch":
-            self.groups: list[tuple[list[int], nn.Module]] = []
-        for idx in (groups.values() if backend == "torch" else ()):
-            net = GroupedMembers([folded[i] for i in idx])
-            net = net.to(device=self.device, dtype=self.dtype).eval()
-            net.head.float()  # heads (and CBAM gate MLPs, cast in forward) stay fp32
-            if self.channels_last:
-                for p in net.parameters():
-                    if p.dim() == 5:
-                        p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
-            self.groups.append((idx, net))
+            self.groups = self._torch_groups(folded, group)
+        else:
+            self.channels_last = False
+        self.backend = backend
         order = [i for idx, _ in self.groups for i in idx]
         self._inverse = torch.tensor([order.index(i) for i in range(len(order))], device=self.device)
         log.info("fast ensemble: %d members in %d group(s) %s on %s (%s backend, %s, channels_last=%s)", len(order),
@@ -500,6 +498,31 @@ class FastEnsemble:
         self.cuda_graphs = cuda if cuda_graphs is None else bool(cuda_graphs and cuda)
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
+    def _triton_groups(self, folded: list[nn.Module]) -> list[tuple[list[int], nn.Module]]:
+        """One member per group (the kernels fill the card at any useful batch size); with several
+        members, their first convs -- all reading the one input channel -- run as one."""
+        groups = [([i], TritonMember(m, self.dtype)) for i, m in enumerate(folded)]
+        if len(groups) > 1:
+            self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype)
+        return groups
+
+    def _torch_groups(self, folded: list[nn.Module], group: bool) -> list[tuple[list[int], nn.Module]]:
+        """Members of one architecture stacked when ``group``, else one per group; cast and laid out."""
+        keys: dict[tuple, list[int]] = {}
+        for i, m in enumerate(folded):
+            keys.setdefault(architecture_key(m) if group else (i,), []).append(i)
+        groups = []
+        for idx in keys.values():
+            net = GroupedMembers([folded[i] for i in idx])
+            net = net.to(device=self.device, dtype=self.dtype).eval()
+            net.head.float()  # heads (and CBAM gate MLPs, cast in forward) stay fp32
+            if self.channels_last:
+                for p in net.parameters():
+                    if p.dim() == 5:
+                        p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+            groups.append((idx, net))
+        return groups
+
     def __len__(self) -> int:
         return len(self.member_names)
 
@@ -512,11 +535,8 @@ class FastEnsemble:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self._shared_stem is not None:
-            from naslung.ensemble import kernels
-
-            packed, offsets = self._shared_stem
-            h0 = kernels.conv3d(kernels.to_padded(x, self.dtype), packed)
-            outs = [net.tail(h0, off) for (_, net), off in zip(self.groups, offsets)]
+            h0 = self._shared_stem(x)
+            outs = [net.tail(h0, off) for (_, net), off in zip(self.groups, self._shared_stem.offsets)]
         else:
             outs = [net(x) for _, net in self.groups]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

@@ -105,6 +105,15 @@ def case_engine() -> None:
     assert err < 1e-5, err
     err = (fast.predict_proba(x) - ens.predict_proba(x)).abs().max().item()
     assert err < 1e-5, err
+    # a layer the kernels do not cover (a 5x5x5 conv) is refused with the reason, not run wrong
+    odd = build_model(cfgs[0]).eval()
+    odd.stem[1][0] = torch.nn.Conv3d(4, 4, 5, padding=2, bias=False)
+    try:
+        FastEnsemble(Ensemble([odd], names=["odd"], configs=[cfgs[0]], rule="mean"), "cpu", backend="triton")
+    except ValueError as e:
+        assert "cannot run these members" in str(e), e
+    else:
+        raise AssertionError("a 5x5x5 conv was accepted by the Triton backend")
     print("engine ok")
 
 
