@@ -429,13 +429,17 @@ class FastEnsemble:
     ``backend``: ``"torch"`` (cuDNN / CPU convolutions, the options above), ``"triton"`` (our
     kernels in :mod:`naslung.ensemble.kernels` on padded channels-last buffers; CUDA, or CPU under
     ``TRITON_INTERPRET=1`` for tests) or ``"auto"`` (Triton on CUDA when it is installed).
+    ``stream_max_batch``: on CUDA with the Triton backend, batches up to this size run each
+    member on its own CUDA stream (small batches leave most of the card idle, so members overlap);
+    larger batches run members in turn, which keeps peak memory at one member's (0 = never).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
                  dtype: torch.dtype | None = None, channels_last: bool | None = None, group: bool = False,
                  compile: bool | None = None, cuda_graphs: bool | None = None,
                  compile_mode: str | None = None, chunk: int | None = None,
-                 direct_max_cin: int | None = None, backend: str = "auto") -> None:
+                 direct_max_cin: int | None = None, backend: str = "auto",
+                 stream_max_batch: int = 256) -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -496,6 +500,9 @@ class FastEnsemble:
         if self.compiled:
             self._fn = torch.compile(self._forward, mode=compile_mode, dynamic=False)
         self.cuda_graphs = cuda if cuda_graphs is None else bool(cuda_graphs and cuda)
+        self.stream_max_batch = int(stream_max_batch)
+        self._streams = ([torch.cuda.Stream(self.device) for _ in self.groups]
+                         if cuda and self._shared_stem is not None and self.stream_max_batch > 0 else [])
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def _triton_groups(self, folded: list[nn.Module]) -> list[tuple[list[int], nn.Module]]:
@@ -536,11 +543,31 @@ class FastEnsemble:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self._shared_stem is not None:
             h0 = self._shared_stem(x)
-            outs = [net.tail(h0, off) for (_, net), off in zip(self.groups, self._shared_stem.offsets)]
+            members = [(net, off) for (_, net), off in zip(self.groups, self._shared_stem.offsets)]
+            if self._streams and x.shape[0] <= self.stream_max_batch:
+                outs = self._on_streams(members, h0)
+            else:
+                outs = [net.tail(h0, off) for net, off in members]
         else:
             outs = [net(x) for _, net in self.groups]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
         return out.index_select(0, self._inverse)
+
+    def _on_streams(self, members: list, h0: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's tail on its own stream, forked from and joined back into the current one
+        (the pattern CUDA-graph capture accepts)."""
+        main = torch.cuda.current_stream(self.device)
+        outs = []
+        for stream, (net, off) in zip(self._streams, members):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                out = net.tail(h0, off)
+            if not torch.cuda.is_current_stream_capturing():  # a captured graph keeps its own pool
+                out.record_stream(main)  # freed only after the main stream has used it
+            outs.append(out)
+        for stream in self._streams:
+            main.wait_stream(stream)
+        return outs
 
     def _graph_call(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype)

@@ -60,3 +60,10 @@ def test_triton_engine_on_gpu_matches_fp32_reference():
     x = torch.rand(3, 1, 32, 32, 32, device="cuda")
     a, b = fast.member_proba(x), fast.member_proba(x.clone())
     assert torch.equal(a, b)  # graph replay is deterministic and does not alias its output
+    # members on their own streams (small batches) and in turn (large) give the same answers
+    assert fast._streams and fast.stream_max_batch >= 3
+    in_turn = FastEnsemble(ens, "cuda", stream_max_batch=0)
+    assert not in_turn._streams
+    assert (in_turn.member_proba(x) - a).abs().max().item() <= 1e-3
+    eager = FastEnsemble(ens, "cuda", cuda_graphs=False)  # streams without a graph
+    assert (eager.member_proba(x) - a).abs().max().item() <= 1e-3
