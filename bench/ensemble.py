@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direct-max-cin", type=int, default=None,
                    help="engine: convs with at most this many input channels as fused slice sums (default 0 = off; 4 is fast on an H100 but compiles for ~400 s)")
     p.add_argument("--group", action="store_true", help="engine: stack matching architectures (grouped convs)")
+    p.add_argument("--stream-max-batch", type=int, default=256,
+                   help="engine (Triton, CUDA): members on their own streams up to this batch (0 = never)")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                    help="engine: cuDNN/CPU convolutions (torch) or our Triton kernels (default: triton on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=None)
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     fast = FastEnsemble(ens, device, dtype=dtype, channels_last=opt(args.channels_last), group=args.group,
                         compile=opt(args.compile), cuda_graphs=opt(args.cuda_graphs),
                         compile_mode=None if args.compile_mode == "default" else args.compile_mode,
-                        chunk=args.chunk, direct_max_cin=args.direct_max_cin, backend=args.backend)
+                        chunk=args.chunk, direct_max_cin=args.direct_max_cin, backend=args.backend,
+                        stream_max_batch=args.stream_max_batch)
     build_s = time.perf_counter() - t0
     peak_flops, peak_bw, peak_src = peaks_for(device, args)
 
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "members": args.members, "configs": [c.to_dict() for c in cfgs],
         "flops_per_crop": flops, "layer_bytes_per_crop_bf16": act_bytes, "input_bytes_per_crop": in_bytes,
-        "engine": {"backend": fast.backend, "dtype": str(fast.dtype), "channels_last": fast.channels_last, "compiled": fast.compiled,
+        "engine": {"backend": fast.backend, "streams": len(fast._streams), "stream_max_batch": fast.stream_max_batch,
+                   "dtype": str(fast.dtype), "channels_last": fast.channels_last, "compiled": fast.compiled,
                    "cuda_graphs": fast.cuda_graphs, "groups": [len(i) for i, _ in fast.groups],
                    "chunk": fast.chunk, "direct_max_cin": fast.direct_max_cin, "build_s": build_s},
         "peaks": {"flops": peak_flops, "bytes_per_s": peak_bw, "source": peak_src},
