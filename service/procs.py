@@ -5,7 +5,8 @@ threads share one GIL while parsing 64-128 KB requests). ``serve_processes`` sta
 children, each a full :class:`service.server.NoduleServer` (own predictor, batcher and metrics)
 bound to the same port with ``SO_REUSEPORT``, so the kernel spreads client connections over them
 (Linux). The parent only supervises: it waits until every child is ready, forwards SIGTERM/SIGINT
-so each drains its in-flight requests, and stops them all if one dies.
+so each drains its in-flight requests, and stops them all if one dies; a child whose parent dies
+drains and exits by itself.
 
 Metrics: with ``metrics_port`` P, child *i* serves its own metrics on P + i.
 """
@@ -18,6 +19,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -48,8 +50,17 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _child(make_predictor: Callable[[], Any], config: ServerConfig, index: int, ready: Any) -> None:
+def _watch_parent(parent: int, interval_s: float = 1.0) -> None:
+    """Drain this child if its supervisor dies (SIGKILL, OOM): no orphan keeps serving the port."""
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    log.warning("supervising process %d is gone: draining", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(make_predictor: Callable[[], Any], config: ServerConfig, index: int, ready: Any, parent: int) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"server[{index}] %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="naslung-parent-watch").start()
     try:
         predictor = make_predictor()
     except BaseException as e:  # the parent reports it and stops the others
@@ -78,7 +89,8 @@ def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, pro
     for i in range(procs):
         mport = None if config.metrics_port is None else (config.metrics_port + i if config.metrics_port else 0)
         cfg = replace(config, port=port, reuse_port=True, metrics_port=mport)
-        children.append(ctx.Process(target=_child, args=(make_predictor, cfg, i, ready_q), name=f"naslung-serve-{i}"))
+        children.append(ctx.Process(target=_child, args=(make_predictor, cfg, i, ready_q, os.getpid()),
+                                    name=f"naslung-serve-{i}"))
 
     stop = threading.Event()
 

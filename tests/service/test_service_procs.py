@@ -6,7 +6,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -60,3 +62,39 @@ def test_a_child_that_cannot_load_stops_the_group(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "failed to start" in out.stderr and str(missing) in out.stderr, out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_children_drain_when_the_supervisor_is_killed(tiny_bundle):
+    import os
+
+    cmd = [sys.executable, "-m", "naslung", "serve", "--bundle", str(tiny_bundle), "--port", "0", "--procs", "2",
+           "--engine", "naive", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    try:
+        port, _, log = read_serve_ready(proc, want_metrics=0)
+        assert port, log
+        # the spawned servers (multiprocessing may add a resource-tracker child: keep the naslung ones)
+        servers = [c for c in _children(proc.pid)
+                   if b"naslung" in Path(f"/proc/{c}/cmdline").read_bytes() or
+                   b"multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(servers) >= 2, servers
+        proc.kill()  # SIGKILL: the supervisor cannot forward anything
+        proc.wait()
+        deadline = time.monotonic() + 30
+        alive = servers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [c for c in alive if os.path.exists(f"/proc/{c}") and
+                     Path(f"/proc/{c}/stat").read_text().split()[2] != "Z"]
+        assert not alive, f"server processes {alive} outlived their supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
