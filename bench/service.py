@@ -41,20 +41,13 @@ def build_predictor(args: argparse.Namespace):
     """The server's predictor (module level: every server process builds its own)."""
     import logging
 
-    import torch
-
-    from service.predictor import EnsemblePredictor, engine_options_for, load_predictor, random_ensemble
+    from naslung.cli.serve import make_predictor
 
     logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.bundle:
-        return load_predictor(args.bundle, args.device, engine=args.engine, max_batch=args.max_batch,
-                              engine_options=engine_options_for(args.precision, args.device))
-    if args.models == "null":
+    if args.models == "null" and not args.bundle:
         return NullPredictor()
-    return EnsemblePredictor(random_ensemble(args.models.split(",")), device=args.device, engine=args.engine,
-                             max_batch=args.max_batch, engine_options=engine_options_for(args.precision, args.device))
+    return make_predictor(args.bundle, None if args.bundle else args.models, args.device, args.engine,
+                          args.max_batch, args.precision, args.threads)
 
 
 def serve_main(args: argparse.Namespace) -> int:

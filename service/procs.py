@@ -104,31 +104,26 @@ def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, pro
         for c in children:
             c.start()
         metrics: dict[int, int | None] = {}
-        deadline = threading.Event()
-        timer = threading.Timer(start_timeout_s, deadline.set)
-        timer.start()
-        try:
-            while len(metrics) < procs:
-                if stop.is_set():
-                    return _shutdown(children, config.grace_s, 0)
-                if deadline.is_set():
-                    log.error("server processes not ready after %.0f s", start_timeout_s)
+        deadline = time.monotonic() + start_timeout_s
+        while len(metrics) < procs:
+            if stop.is_set():
+                return _shutdown(children, config.grace_s, 0)
+            if time.monotonic() > deadline:
+                log.error("server processes not ready after %.0f s", start_timeout_s)
+                return _shutdown(children, config.grace_s, 1)
+            try:
+                index, _, mport, error = ready_q.get(timeout=0.5)
+            except queue.Empty:
+                dead = [c for c in children if c.exitcode is not None]
+                if dead:
+                    log.error("server process %s exited with %s before it was ready", dead[0].name,
+                              dead[0].exitcode)
                     return _shutdown(children, config.grace_s, 1)
-                try:
-                    index, _, mport, error = ready_q.get(timeout=0.5)
-                except queue.Empty:
-                    dead = [c for c in children if c.exitcode is not None]
-                    if dead:
-                        log.error("server process %s exited with %s before it was ready", dead[0].name,
-                                  dead[0].exitcode)
-                        return _shutdown(children, config.grace_s, 1)
-                    continue
-                if error:
-                    log.error("server process %d failed to start: %s", index, error)
-                    return _shutdown(children, config.grace_s, 1)
-                metrics[index] = mport
-        finally:
-            timer.cancel()
+                continue
+            if error:
+                log.error("server process %d failed to start: %s", index, error)
+                return _shutdown(children, config.grace_s, 1)
+            metrics[index] = mport
         if on_ready is not None:
             on_ready(ProcessGroup(port, tuple(c.pid for c in children), tuple(metrics[i] for i in range(procs))))
         while not stop.wait(0.5):
