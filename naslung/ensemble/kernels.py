@@ -32,10 +32,6 @@ import triton
 import triton.language as tl
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
 # ----------------------------------------------------------------------------- tiling
 # Both kernels tile the output by *lines*: a program owns LPB consecutive padded (n, z, y) lines
 # and, within each, the WO2 (power of two >= W) interior x positions, so a tap's loads over a
@@ -74,7 +70,7 @@ def _zero_x_borders(out_ptr, pid, NLINES, WOP: tl.constexpr, LPB: tl.constexpr, 
 
 
 def _tiling(out_w: int, block_m: int) -> tuple[int, int]:
-    wo2 = _pow2(out_w)
+    wo2 = triton.next_power_of_2(out_w)
     return wo2, max(1, block_m // wo2)
 
 
@@ -157,17 +153,17 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
         raise ValueError(f"conv3d kernel supports 1x1x1 and 3x3x3 'same'-padded kernels, got {tuple(weight.shape)} "
                          f"padding {padding}")
     ks = kd
-    cin_pad = _pow2(cin)
+    cin_pad = triton.next_power_of_2(cin)
     if kb is None:
         if cin_pad >= 16:
             kb = min(64, cin_pad)
         else:
-            kb = max(16, min(128 if cin_pad == 4 else 32, _pow2(ks ** 3 * cin_pad)))
+            kb = max(16, min(128 if cin_pad == 4 else 32, triton.next_power_of_2(ks ** 3 * cin_pad)))
     if kb < 16 or kb & (kb - 1):
         raise ValueError(f"kb must be a power of two >= 16, got {kb}")
     k_total = ks ** 3 * cin_pad
     nchunk = math.ceil(k_total / kb)
-    bn = min(128, max(16, _pow2(cout)))
+    bn = min(128, max(16, triton.next_power_of_2(cout)))
     wcols = math.ceil(cout / bn) * bn
     w = torch.zeros(nchunk * kb, wcols, dtype=torch.float32, device=weight.device)
     # (COUT, CIN, kz, ky, kx) -> (tap, CIN, COUT) with tap = (kz * k + ky) * k + kx
@@ -267,7 +263,7 @@ def cbam_spatial(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *, n
     n, dp, hp, wp, c = x.shape
     ks = weight.shape[-1]
     w = weight.detach().float().reshape(2, ks ** 3).contiguous()
-    cp = _pow2(c)
+    cp = triton.next_power_of_2(c)
     wo2, lpb = _tiling(wp - 2, block_m or (256 if cp <= 4 else 64))
     out = torch.empty_like(x)
     nlines = n * dp * hp
