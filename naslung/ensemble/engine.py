@@ -490,7 +490,7 @@ class FastEnsemble:
         self.compiled = bool(compile)
         # Tiny-channel convs as fused slice sums: opt-in (fast once compiled, but slow to compile).
         self.direct_max_cin = 0 if direct_max_cin is None else int(direct_max_cin)
-        for _, net in (self.groups if backend == "torch" else ()):
+        for _, net in self.groups:  # torch-backend modules only; Triton members have none
             for mod in net.modules():
                 if isinstance(mod, _GConv):
                     mod.direct_max_cin = self.direct_max_cin
