@@ -2,10 +2,11 @@
 """Per-layer times of the Triton engine against cuDNN, and block-size sweeps (GPU only).
 
 For every layer of the benchmark ensemble (``bench/ensemble.py``'s five members) at one batch
-size: the Triton kernel at several (BLOCK_M, warps), cuDNN bf16 channels_last_3d and cuDNN fp32
-NCDHW (the naive path) on the same shapes, and the byte floor (input + output once at the
-measured copy bandwidth). Prints a table, writes JSON. Used to pick the kernels' launch
-parameters; ``docs/benchmarks.md`` quotes the outcome.
+size: our implicit-GEMM kernel at several (warps, pipeline stages), the x-folded cuDNN 2D conv
+(:mod:`naslung.ensemble.fold`, conv alone and with its epilogue), which of the two the engine
+chose, each CBAM pass, and the byte floor (input + output once at the measured copy bandwidth).
+Prints a table, writes JSON. Used to pick ``fold_max_cin`` and launch parameters;
+``docs/benchmarks.md`` quotes the outcome.
 
     python bench/gpu/engine_layers.py --batch 1024 --out layers.json
 """
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from triton.testing import do_bench  # noqa: E402
 
 from ensemble import make_ensemble, member_configs  # noqa: E402
+from naslung.ensemble import fold  # noqa: E402
 from naslung.ensemble import kernels as K  # noqa: E402
 from naslung.ensemble.engine import FastEnsemble  # noqa: E402
 
@@ -58,33 +60,38 @@ def main() -> int:
     args = p.parse_args()
     dev = torch.device("cpu" if args.dry_run else "cuda")
     size = 8 if args.dry_run else 32
+    dtype = torch.float32 if args.dry_run else torch.bfloat16
     bw = 1e10 if args.dry_run else copy_bandwidth(dev)
     name = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(dev)
     print(f"{name} | copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    torch.backends.cudnn.benchmark = True
     ens = make_ensemble(member_configs("distinct", size)).to(dev)
-    fast = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False)
+    fast = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False)  # the default: few-channel convs folded
+    plain = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False, fold_max_cin=0)  # every conv our kernel
     x = torch.rand(args.batch, 1, size, size, size, device=dev)
     rows, seen = [], set()
-    sweep = [(64, 4)] if args.dry_run else [(64, 4), (128, 4), (256, 4), (128, 8), (256, 8)]
-    cbam_sweep = [(None, 4)] if args.dry_run else [(None, 4), (64, 4), (128, 4), (256, 4), (128, 8)]
+    # (block_m, warps, stages); None = the kernel's default
+    sweep = [(None, 4, None)] if args.dry_run else [(None, 4, None), (None, 4, 2), (None, 4, 4), (None, 8, 3)]
 
-    def conv_row(tag, h, pc, res=None):
-        key = ("conv", tuple(h.shape), pc.cout, pc.ks, pc.stride, res is not None)
-        out = K.conv3d(h, pc, residual=res)
+    def conv_row(tag, h, chosen, packed, res=None):
+        """Time one conv both ways (our kernel with a launch sweep, x-folded cuDNN); return the chosen output."""
+        member = fast.groups[0][1]
+        out = member.conv(h, chosen, residual=res)
+        key = (tuple(h.shape), packed.cout, packed.ks, packed.stride, res is not None)
         if key in seen:
             return out
         seen.add(key)
-        row = {"layer": tag, "in": list(h.shape), "cout": pc.cout, "k": pc.ks, "stride": pc.stride}
-        row["triton_ms"] = {f"{bm}x{w}": bench(lambda: K.conv3d(h, pc, residual=res, block_m=bm, num_warps=w))
-                            for bm, w in sweep}
-        # cuDNN on the same data: bf16 channels_last_3d, and fp32 NCDHW (what the naive path runs)
-        xi = K.interior(h).permute(0, 4, 1, 2, 3)
-        wt = torch.randn(pc.cout, pc.cin, pc.ks, pc.ks, pc.ks, device=dev)
-        xcl = xi.contiguous(memory_format=torch.channels_last_3d)
-        wcl = wt.to(h.dtype).contiguous(memory_format=torch.channels_last_3d)
-        row["cudnn_bf16_cl_ms"] = bench(lambda: F.conv3d(xcl, wcl, None, pc.stride, pc.pad))
-        x32, w32 = xi.float().contiguous(), wt
-        row["cudnn_fp32_ms"] = bench(lambda: F.conv3d(x32, w32, None, pc.stride, pc.pad))
+        row = {"layer": tag, "in": list(h.shape), "cout": packed.cout, "k": packed.ks, "stride": packed.stride,
+               "chosen": "fold" if isinstance(chosen, fold.FoldedConv) else "triton"}
+        row["triton_ms"] = {f"{bm}x{w}x{st}": bench(lambda: K.conv3d(h, packed, residual=res, block_m=bm, num_warps=w,
+                                                                      num_stages=st))
+                            for bm, w, st in sweep}
+        if packed.ks == 3:
+            fc = chosen if isinstance(chosen, fold.FoldedConv) else fold.pack_folded(
+                torch.randn(packed.cout, packed.cin, 3, 3, 3, device=dev), torch.randn(packed.cout, device=dev),
+                packed.stride, 1, h.dtype)
+            row["fold_conv_ms"] = bench(lambda: fold.folded_conv(h, fc))
+            row["fold_ms"] = bench(lambda: K.bias_act_pad(fold.folded_conv(h, fc), fc.bias, residual=res))
         row["floor_ms"] = (h.numel() + out.numel()) * h.element_size() / bw * 1e3
         rows.append(row)
         return out
@@ -93,72 +100,70 @@ def main() -> int:
         if p is None:
             return h
         n, dp, hp, wp, c = h.shape
-        flat = h.view(n, -1, c)
         row = {"layer": tag, "in": list(h.shape)}
-        row["reduce_ms"] = bench(lambda: (flat.sum(dim=1, dtype=torch.float32), flat.amax(dim=1)))
-        g = torch.softmax(torch.randn(n, c, device=dev), 1)
-        row["spatial_ms"] = {f"{bm}x{w}": bench(lambda: K.cbam_spatial(h, g, p["spatial"], naslung=p["naslung"],
-                                                                        block_m=bm, num_warps=w))
-                             for bm, w in cbam_sweep}
+        g = member.channel_gate(h, p)
+        desc = K.cbam_desc(h, g)
+        logits = fold.folded_conv(desc, p["spatial"])[..., 0]
+        row["stats_ms"] = bench(lambda: K.channel_stats(h))
+        row["gate_mlp_ms"] = bench(lambda: member.channel_gate(h, p))
+        row["desc_ms"] = bench(lambda: K.cbam_desc(h, g))
+        row["gate_conv_ms"] = bench(lambda: fold.folded_conv(desc, p["spatial"]))
+        row["apply_ms"] = bench(lambda: K.cbam_apply(h, logits, g, naslung=p["naslung"]))
+        row["total_ms"] = bench(lambda: member.apply_cbam(h, p))
         row["floor_ms"] = 3 * h.numel() * h.element_size() / bw * 1e3
         rows.append(row)
-        return member._apply_cbam(h, p)
+        return member.apply_cbam(h, p)
 
-    totals = {}
     ens_ms = bench(lambda: fast._fn(x))
-    print(f"whole engine forward (no graph) {ens_ms:.2f} ms -> {args.batch / ens_ms * 1e3:,.0f} crops/s", flush=True)
+    plain_ms = bench(lambda: plain._fn(x))
+    print(f"whole engine forward (no graph) {ens_ms:.2f} ms -> {args.batch / ens_ms * 1e3:,.0f} crops/s; "
+          f"without folding {plain_ms:.2f} ms", flush=True)
+    stems = fast._shared_stem(x) if fast._shared_stem is not None else None
     if fast._shared_stem is not None:
-        conv_row("shared stem0", K.to_padded(x, torch.bfloat16 if not args.dry_run else torch.float32),
-                 fast._shared_stem.packed)
-    # the reduction chunk for the 4->4 stem conv
-    xs4 = torch.rand(args.batch, size + 2, size + 2, size + 2, 4, device=dev).to(fast.dtype)
-    for kb in (16, 32, 64, 128):
-        pk = K.pack_conv(torch.randn(4, 4, 3, 3, 3, device=dev), torch.randn(4, device=dev), 1, 1, fast.dtype, kb=kb)
-        for bm, w in sweep:
-            ms = bench(lambda: K.conv3d(xs4, pk, block_m=bm, num_warps=w))
-            rows.append({"layer": f"kb sweep 4->4 kb={kb}", "bm": bm, "warps": w, "ms": ms})
-            print(f"kb sweep 4->4 kb={kb:<4} {bm}x{w}: {ms:.3f} ms", flush=True)
-    for i, (_, fast_member) in enumerate(fast.groups):
-        m = fast_member
-        totals[i] = bench(lambda: m(x))
-        h = K.to_padded(x, m.dtype)
-        for j, pc in enumerate(m.stem):
-            h = conv_row(f"m{i} stem{j}", h, pc)
+        xp = K.to_padded(x, dtype)
+        row = {"layer": "shared stem0", "in": list(xp.shape), "cout": fast._shared_stem.packed.cout,
+               "triton_ms": {"split": bench(lambda: fast._shared_stem(x))}, "k": 3, "stride": 1, "chosen": "triton",
+               "floor_ms": (xp.numel() + stems.numel()) * 2 / bw * 1e3}
+        rows.append(row)
+    totals = {}
+    for i, ((_, m), (_, mp)) in enumerate(zip(fast.groups, plain.groups)):
+        h = stems[i] if stems is not None else K.conv3d(K.to_padded(x, dtype), m.stem[0])
+        totals[i] = bench(lambda: m.tail(h))
+        h = conv_row(f"m{i} stem1", h, m.stem[1], mp.stem[1])
         h = cbam_rows(f"m{i} stem cbam", h, m.stem_cbam, m)
-        for s, (down, blocks, cbam) in enumerate(m.stages):
-            h = conv_row(f"m{i} s{s} down", h, down)
-            for b, (short, c1, c2) in enumerate(blocks):
-                r = conv_row(f"m{i} s{s}b{b} short", h, short)
-                y = conv_row(f"m{i} s{s}b{b} c1", h, c1)
-                h = conv_row(f"m{i} s{s}b{b} c2+res", y, c2, r)
+        for s, ((down, blocks, cbam), (pdown, pblocks, _)) in enumerate(zip(m.stages, mp.stages)):
+            h = conv_row(f"m{i} s{s} down", h, down, pdown)
+            for b, ((short, c1, c2), (pshort, pc1, pc2)) in enumerate(zip(blocks, pblocks)):
+                r = conv_row(f"m{i} s{s}b{b} short", h, short, pshort)
+                y = conv_row(f"m{i} s{s}b{b} c1", h, c1, pc1)
+                h = conv_row(f"m{i} s{s}b{b} c2+res", y, c2, pc2, r)
             h = cbam_rows(f"m{i} s{s} cbam", h, cbam, m)
-    print(f"member totals ms (batch {args.batch}): {', '.join(f'{v:.2f}' for v in totals.values())} "
-          f"= {sum(totals.values()):.2f} ms -> {args.batch / sum(totals.values()) * 1e3:,.0f} crops/s")
-    print(f"{'layer':<22} {'in':<24} {'cout':>4} {'k/s':>4} {'best triton':>16} {'cudnn bf16cl':>12} "
-          f"{'cudnn fp32':>10} {'floor':>7}")
-    best = defaultdict(float)
+    print(f"member tails ms (batch {args.batch}): {', '.join(f'{v:.2f}' for v in totals.values())} "
+          f"= {sum(totals.values()):.2f} ms")
+    print(f"{'layer':<20} {'in':<24} {'cout':>4} {'k/s':>4} {'triton best':>17} {'fold':>7} {'(conv)':>7} "
+          f"{'chosen':>6} {'floor':>6}")
+    sums = defaultdict(float)
     for r in rows:
-        if "kb sweep" in r["layer"]:
-            continue
         if "triton_ms" in r:
             cfg, ms = min(r["triton_ms"].items(), key=lambda kv: kv[1])
-            best["triton"] += ms
-            best["triton_64x4"] += r["triton_ms"].get("64x4", float("nan"))
-            best["cudnn_bf16_cl"] += r["cudnn_bf16_cl_ms"]
-            best["cudnn_fp32"] += r["cudnn_fp32_ms"]
-            print(f"{r['layer']:<22} {str(r['in']):<24} {r['cout']:>4} {r['k']}/{r['stride']:<2} "
-                  f"{ms:9.3f} {cfg:>6} {r['cudnn_bf16_cl_ms']:12.3f} {r['cudnn_fp32_ms']:10.3f} {r['floor_ms']:7.3f}")
+            default = next(iter(r["triton_ms"].values()))
+            fold_ms = r.get("fold_ms", float("nan"))
+            sums["triton_default"] += default
+            sums["triton_best"] += ms
+            sums["chosen"] += fold_ms if r["chosen"] == "fold" else default
+            sums["best_of_all"] += min(ms, fold_ms) if fold_ms == fold_ms else ms
+            print(f"{r['layer']:<20} {str(r['in']):<24} {r['cout']:>4} {r['k']}/{r['stride']:<2} {ms:8.3f} {cfg:>8} "
+                  f"{fold_ms:7.3f} {r.get('fold_conv_ms', float('nan')):7.3f} {r['chosen']:>6} {r['floor_ms']:6.3f}")
         else:
-            cfg, ms = min(r["spatial_ms"].items(), key=lambda kv: kv[1])
-            best["cbam_spatial"] += ms
-            best["cbam_reduce"] += r["reduce_ms"]
-            print(f"{r['layer']:<22} {str(r['in']):<24} {'':>4} {'':>4} {ms:9.3f} {cfg:>6} "
-                  f"{'reduce ' + format(r['reduce_ms'], '.3f'):>12} {'':>10} {r['floor_ms']:7.3f}")
-    print("sums over distinct layers (ms):", {k: round(v, 3) for k, v in best.items()})
+            sums["cbam"] += r["total_ms"]
+            print(f"{r['layer']:<20} {str(r['in']):<24} cbam {r['total_ms']:.3f} = stats {r['stats_ms']:.3f} "
+                  f"+ mlp {r['gate_mlp_ms']:.3f} (incl. stats) desc {r['desc_ms']:.3f} + gate {r['gate_conv_ms']:.3f} "
+                  f"+ apply {r['apply_ms']:.3f} | floor {r['floor_ms']:.3f}")
+    print("sums over distinct layers (ms):", {k: round(v, 3) for k, v in sums.items()})
     if args.out:
-        args.out.write_text(json.dumps({"device": name, "copy_bw": bw,
-                                        "batch": args.batch, "member_ms": totals, "engine_forward_ms": ens_ms, "rows": rows,
-                                        "sums": best}, indent=1))
+        args.out.write_text(json.dumps({"device": name, "copy_bw": bw, "batch": args.batch, "member_tail_ms": totals,
+                                        "engine_forward_ms": ens_ms, "engine_forward_unfolded_ms": plain_ms,
+                                        "rows": rows, "sums": sums}, indent=1))
     return 0
 
 

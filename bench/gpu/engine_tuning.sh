@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Triton engine (issue 5): per-layer times against cuDNN with a launch-parameter sweep, then the
-# whole-ensemble benchmark with the Triton backend. Needs nothing carried. Writes under $OUT.
+# Triton engine (issue 5): the whole-ensemble benchmark (default engine, and with folding off),
+# the GPU engine tests, then per-layer times (our kernel with a launch sweep vs x-folded cuDNN,
+# every CBAM pass). Needs nothing carried. Writes under $OUT.
 set -u
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/card.txt"
-timeout 240 python3 bench/gpu/engine_layers.py --batch 1024 --out "$OUT/layers.json" 2>&1 | tee "$OUT/layers.log"
-timeout 120 python3 bench/ensemble.py --device cuda --backend triton --batches 1 32 256 1024 \
+timeout 150 python3 bench/ensemble.py --device cuda --backend triton --batches 1 32 256 1024 \
   --out "$OUT/ensemble_triton.json" 2>&1 | tee "$OUT/ensemble_triton.log"
+timeout 100 python3 bench/ensemble.py --device cuda --backend triton --fold-max-cin 0 --batches 256 1024 \
+  --out "$OUT/ensemble_triton_nofold.json" 2>&1 | tee "$OUT/ensemble_triton_nofold.log"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/ensemble/test_ensemble_triton.py 2>&1 \
+  | tail -5 | tee "$OUT/gpu_test.log"
+timeout 300 python3 bench/gpu/engine_layers.py --batch 1024 --out "$OUT/layers.json" 2>&1 | tee "$OUT/layers.log"

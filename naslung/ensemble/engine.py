@@ -24,6 +24,7 @@ fp32 probabilities in member order, :meth:`FastEnsemble.predict_proba` -> (N, 2)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -299,23 +300,25 @@ class GroupedMembers(nn.Module):
 class TritonMember(nn.Module):
     """One BN-folded NASLungNet run as Triton launches on padded channels-last buffers.
 
-    See :mod:`naslung.ensemble.kernels` for the layout and the kernels. A residual block is three
-    launches (shortcut, conv1, conv2 with the shortcut added in its epilogue); a CBAM is a channel
-    reduction and its tiny MLP in PyTorch, then one launch for the whole spatial half.
+    See :mod:`naslung.ensemble.kernels` for the layout and the kernels. 3x3x3 convs with at most
+    ``fold_max_cin`` input channels (after the first) run as x-folded cuDNN 2D convs
+    (:mod:`naslung.ensemble.fold`) plus one epilogue pass; the others as our implicit-GEMM kernel.
+    A residual block is three convs (shortcut, conv1, conv2 with the shortcut added in its
+    epilogue). A CBAM is three passes and a conv: channel sum/max, the tiny MLP in PyTorch, the
+    spatial descriptor, the gate conv (folded), then sigmoid and output in one pass.
     Output: (1, N, K) fp32 probabilities, like :class:`GroupedMembers`.
     """
 
-    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+    def __init__(self, net: nn.Module, dtype: torch.dtype, fold_max_cin: int = 8) -> None:
         super().__init__()
-        from naslung.ensemble import kernels
+        from naslung.ensemble import fold, kernels
 
-        self.k, self.dtype = kernels, dtype
-        pack = lambda m: self._pack(_conv_of(m))
+        self.k, self.fold, self.dtype, self.fold_max_cin = kernels, fold, dtype, int(fold_max_cin)
         stem = list(net.stem)
         if len(stem) != 3:
             raise _Unsupported("stem layout")
         self.stem0_conv = _conv_of(stem[0])  # kept so an ensemble can run all members' first convs as one
-        self.stem = [pack(stem[0]), pack(stem[1])]
+        self.stem = [self._pack(self.stem0_conv, foldable=False), self._pack(_conv_of(stem[1]))]
         self.stem_cbam = self._cbam(stem[2])
         self.stages = []
         for stage in net.stages:
@@ -326,81 +329,99 @@ class TritonMember(nn.Module):
             for b in mods[1:-1]:
                 if not isinstance(b, ResidualBlock):
                     raise _Unsupported(f"stage module {type(b).__name__}")
-                blocks.append((pack(b.shortcut), pack(b.conv1), pack(b.conv2)))
-            self.stages.append((pack(mods[0]), blocks, self._cbam(mods[-1])))
+                blocks.append((self._pack(_conv_of(b.shortcut)), self._pack(_conv_of(b.conv1)),
+                               self._pack(_conv_of(b.conv2))))
+            self.stages.append((self._pack(_conv_of(mods[0])), blocks, self._cbam(mods[-1])))
         if not isinstance(net.pool, nn.AdaptiveAvgPool3d) or net.pool.output_size not in (1, (1, 1, 1)):
             raise _Unsupported("pooling")
         self.head = _GHead([net.head])
 
-    def _pack(self, conv: nn.Conv3d):
-        if len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1:
+    def _pack(self, conv: nn.Conv3d, foldable: bool = True):
+        if len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1 or len(set(conv.kernel_size)) != 1:
             raise _Unsupported("anisotropic conv")
         try:
+            if foldable and conv.kernel_size[0] == 3 and conv.in_channels <= self.fold_max_cin:
+                return self.fold.pack_folded(conv.weight, conv.bias, conv.stride[0], conv.padding[0], self.dtype)
             return self.k.pack_conv(conv.weight, conv.bias, conv.stride[0], conv.padding[0], self.dtype)
         except ValueError as e:
             raise _Unsupported(str(e)) from None
 
-    @staticmethod
-    def _cbam(m: nn.Module):
+    def conv(self, h: torch.Tensor, p, *, relu: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """One packed conv on a padded buffer, whichever way it was packed."""
+        if isinstance(p, self.fold.FoldedConv):
+            return self.k.bias_act_pad(self.fold.folded_conv(h, p), p.bias, relu=relu, residual=residual)
+        return self.k.conv3d(h, p, relu=relu, residual=residual)
+
+    def _cbam(self, m: nn.Module):
         if isinstance(m, nn.Identity):
             return None
         if not isinstance(m, CBAM3d):
             raise _Unsupported(f"attention module {type(m).__name__}")
         cg = m.channel_gate
+        spatial = m.spatial_gate.conv.weight.detach().float()
+        try:
+            gate_conv = self.fold.pack_folded(spatial, None, 1, spatial.shape[-1] // 2, self.dtype)
+        except ValueError as e:
+            raise _Unsupported(str(e)) from None
         return {"fc1": cg.fc1.weight.detach().float(), "fc2": cg.fc2.weight.detach().float(),
                 "relu": not isinstance(cg.act, nn.Identity), "gate": cg.gate,
-                "spatial": m.spatial_gate.conv.weight.detach().float(), "naslung": m.variant == "naslung"}
+                "spatial": gate_conv, "naslung": m.variant == "naslung"}
 
-    def _apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
-        if p is None:
-            return h
+    def channel_gate(self, h: torch.Tensor, p: dict) -> torch.Tensor:
+        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h``."""
         n, dp, hp, wp, c = h.shape
-        flat = h.view(n, -1, c)
         # CBAM inputs are ReLU outputs (>= 0) with a zero border, so reducing over the whole padded
         # buffer gives the interior's max, and its sum over the interior's voxel count the mean.
-        avg = flat.sum(dim=1, dtype=torch.float32) / ((dp - 2) * (hp - 2) * (wp - 2))
-        mx = flat.amax(dim=1).float()
+        total, mx = self.k.channel_stats(h)
+        avg = total / ((dp - 2) * (hp - 2) * (wp - 2))
 
         def mlp(v: torch.Tensor) -> torch.Tensor:
             z = v @ p["fc1"].t()
             return (torch.relu(z) if p["relu"] else z) @ p["fc2"].t()
 
         z = mlp(avg) + mlp(mx)
-        g = torch.softmax(z, dim=1) if p["gate"] == "softmax" else torch.sigmoid(z)
-        return self.k.cbam_spatial(h, g, p["spatial"], naslung=p["naslung"])
+        return torch.softmax(z, dim=1) if p["gate"] == "softmax" else torch.sigmoid(z)
+
+    def apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
+        if p is None:
+            return h
+        g = self.channel_gate(h, p)
+        logits = self.fold.folded_conv(self.k.cbam_desc(h, g), p["spatial"])[..., 0]
+        return self.k.cbam_apply(h, logits, g, naslung=p["naslung"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.k.conv3d(self.k.to_padded(x, self.dtype), self.stem[0]))
 
-    def tail(self, h0: torch.Tensor, channel_offset: int = 0) -> torch.Tensor:
-        """Everything after the first conv, whose output is channels ``channel_offset..`` of ``h0``."""
-        conv = self.k.conv3d
-        h = conv(h0, self.stem[1], cin_offset=channel_offset)
-        h = self._apply_cbam(h, self.stem_cbam)
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the first conv, whose padded output is ``h``."""
+        h = self.apply_cbam(self.conv(h, self.stem[1]), self.stem_cbam)
         for down, blocks, cbam in self.stages:
-            h = conv(h, down)
+            h = self.conv(h, down)
             for short, c1, c2 in blocks:
-                h = conv(conv(h, c1), c2, residual=conv(h, short))
-            h = self._apply_cbam(h, cbam)
+                h = self.conv(self.conv(h, c1), c2, residual=self.conv(h, short))
+            h = self.apply_cbam(h, cbam)
         emb = self.k.interior(h).mean(dim=(1, 2, 3), dtype=torch.float32)
         return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
 
 
 class _SharedStem:
-    """All members' first convs (each 1 -> w_i channels) as one conv with sum(w_i) outputs;
-    member i then reads channels ``offsets[i]..`` of the result."""
+    """All members' first convs (each 1 -> w channels, the same w) as one conv with M * w outputs,
+    written as M separate buffers, one per member."""
 
     def __init__(self, convs: Sequence[nn.Conv3d], dtype: torch.dtype) -> None:
         from naslung.ensemble import kernels
 
-        self.k, self.dtype = kernels, dtype
+        widths = {c.out_channels for c in convs}
+        if len(widths) != 1:
+            raise _Unsupported(f"members' stems differ in width {sorted(widths)}")
+        self.k, self.dtype, self.width = kernels, dtype, widths.pop()
         weight = torch.cat([c.weight for c in convs])
         bias = torch.cat([c.bias for c in convs])
         self.packed = kernels.pack_conv(weight, bias, 1, convs[0].padding[0], dtype)
-        self.offsets = [sum(c.out_channels for c in convs[:i]) for i in range(len(convs))]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.k.conv3d(self.k.to_padded(x, self.dtype), self.packed)
+        """(M, N, D+2, H+2, W+2, w): member i's first-conv output is element i."""
+        return self.k.conv3d(self.k.to_padded(x, self.dtype), self.packed, out_split=self.width)
 
 
 def triton_backend_usable(device: torch.device) -> tuple[bool, str]:
@@ -432,6 +453,8 @@ class FastEnsemble:
     ``stream_max_batch``: on CUDA with the Triton backend, batches up to this size run each
     member on its own CUDA stream (small batches leave most of the card idle, so members overlap);
     larger batches run members in turn, which keeps peak memory at one member's (0 = never).
+    ``fold_max_cin``: with the Triton backend, 3x3x3 convs with at most this many input channels
+    run as x-folded cuDNN 2D convs (:mod:`naslung.ensemble.fold`; 0 = never).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
@@ -439,7 +462,7 @@ class FastEnsemble:
                  compile: bool | None = None, cuda_graphs: bool | None = None,
                  compile_mode: str | None = None, chunk: int | None = None,
                  direct_max_cin: int | None = None, backend: str = "auto",
-                 stream_max_batch: int = 256) -> None:
+                 stream_max_batch: int = 256, fold_max_cin: int = 8) -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -462,6 +485,7 @@ class FastEnsemble:
             ok, why = triton_backend_usable(self.device)
             if not ok:
                 raise ValueError(why)
+        self.fold_max_cin = int(fold_max_cin)
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
         self._shared_stem: _SharedStem | None = None
         if backend == "triton":
@@ -508,9 +532,12 @@ class FastEnsemble:
     def _triton_groups(self, folded: list[nn.Module]) -> list[tuple[list[int], nn.Module]]:
         """One member per group (the kernels fill the card at any useful batch size); with several
         members, their first convs -- all reading the one input channel -- run as one."""
-        groups = [([i], TritonMember(m, self.dtype)) for i, m in enumerate(folded)]
+        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin)) for i, m in enumerate(folded)]
         if len(groups) > 1:
-            self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype)
+            try:
+                self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype)
+            except _Unsupported as e:
+                log.info("first convs run per member: %s", e)
         return groups
 
     def _torch_groups(self, folded: list[nn.Module], group: bool) -> list[tuple[list[int], nn.Module]]:
@@ -538,30 +565,35 @@ class FastEnsemble:
         return str(self.manifest.get("version", "unsaved"))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "triton":
+            with _cudnn_benchmark():  # folded convs: fixed shapes per captured graph, so tune once
+                return self._forward_members(x)
+        return self._forward_members(x)
+
+    def _forward_members(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self._shared_stem is not None:
-            h0 = self._shared_stem(x)
-            members = [(net, off) for (_, net), off in zip(self.groups, self._shared_stem.offsets)]
+            members = list(zip([net for _, net in self.groups], self._shared_stem(x)))
             if self._streams and x.shape[0] <= self.stream_max_batch:
-                outs = self._on_streams(members, h0)
+                outs = self._on_streams(members)
             else:
-                outs = [net.tail(h0, off) for net, off in members]
+                outs = [net.tail(h0) for net, h0 in members]
         else:
             outs = [net(x) for _, net in self.groups]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
         return out.index_select(0, self._inverse)
 
-    def _on_streams(self, members: list, h0: torch.Tensor) -> list[torch.Tensor]:
+    def _on_streams(self, members: list) -> list[torch.Tensor]:
         """Each member's tail on its own stream, forked from and joined back into the current one
         (the pattern CUDA-graph capture accepts)."""
         main = torch.cuda.current_stream(self.device)
         outs = []
-        for stream, (net, off) in zip(self._streams, members):
+        for stream, (net, h0) in zip(self._streams, members):
             stream.wait_stream(main)
             with torch.cuda.stream(stream):
-                out = net.tail(h0, off)
+                out = net.tail(h0)
             if not torch.cuda.is_current_stream_capturing():  # a captured graph keeps its own pool
                 out.record_stream(main)  # freed only after the main stream has used it
             outs.append(out)
@@ -605,6 +637,17 @@ class FastEnsemble:
         return combine(self.member_proba(x), self.rule, self.weights)
 
     __call__ = predict_proba
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    """cuDNN algorithm search on, for the duration (restores the caller's setting)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 def _triton_available() -> bool:

@@ -59,14 +59,19 @@ def _line_rows(pid, NLINES, DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.conste
 
 @triton.jit
 def _zero_x_borders(out_ptr, pid, NLINES, WOP: tl.constexpr, LPB: tl.constexpr, C: tl.constexpr, CB: tl.constexpr,
-                    c0):
+                    c0, OSPLIT: tl.constexpr = 0, GSTRIDE=0):
     lines = pid * LPB + tl.arange(0, LPB)
     cc = c0 + tl.arange(0, CB)
     ok = (lines < NLINES)[:, None] & (cc < C)[None, :]
-    first = (lines.to(tl.int64) * WOP)[:, None] * C + cc[None, :]
+    if OSPLIT == 0:  # one buffer with C channels
+        first = (lines.to(tl.int64) * WOP)[:, None] * C + cc[None, :]
+        step = (WOP - 1) * C
+    else:  # C / OSPLIT buffers of OSPLIT channels, GSTRIDE elements apart
+        first = (lines.to(tl.int64) * WOP)[:, None] * OSPLIT + ((cc // OSPLIT) * GSTRIDE + cc % OSPLIT)[None, :]
+        step = (WOP - 1) * OSPLIT
     zero = tl.zeros((LPB, CB), dtype=out_ptr.dtype.element_ty)
     tl.store(out_ptr + first, zero, mask=ok)
-    tl.store(out_ptr + first + (WOP - 1) * C, zero, mask=ok)
+    tl.store(out_ptr + first + step, zero, mask=ok)
 
 
 def _tiling(out_w: int, block_m: int) -> tuple[int, int]:
@@ -83,7 +88,8 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    CIN: tl.constexpr, COUT: tl.constexpr, CIN_PAD: tl.constexpr, WCOLS: tl.constexpr,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
-                   BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr):
+                   BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr,
+                   OSPLIT: tl.constexpr, GSTRIDE):
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB)
@@ -114,13 +120,16 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     acc += tl.load(b_ptr + co)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    out_off = out_vox[:, None] * COUT + co[None, :]
+    if OSPLIT == 0:
+        out_off = out_vox[:, None] * COUT + co[None, :]
+    else:
+        out_off = out_vox[:, None] * OSPLIT + ((co // OSPLIT).to(tl.int64) * GSTRIDE + co % OSPLIT)[None, :]
     out_ok = store_ok[:, None] & (co < COUT)[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + out_off, mask=out_ok & inside[:, None], other=0.0).to(tl.float32)
     acc = tl.where(inside[:, None], acc, 0.0)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
-    _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, BN, pid_n * BN)
+    _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, BN, pid_n * BN, OSPLIT, GSTRIDE)
 
 
 @dataclass
@@ -177,29 +186,196 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
 
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
-           cin_offset: int = 0, block_m: int | None = None, num_warps: int = 4) -> torch.Tensor:
+           cin_offset: int = 0, out_split: int | None = None, block_m: int | None = None, num_warps: int = 4,
+           num_stages: int | None = None) -> torch.Tensor:
     """Conv of a padded NDHWC buffer -> padded NDHWC buffer (bias, ReLU, + residual fused).
 
-    ``cin_offset``: read input channels ``[cin_offset, cin_offset + p.cin)`` of ``x`` (several
-    members' stems share one buffer). ``block_m``: output voxels per program (default 256 for
-    rows of 32 or more voxels, else 128: the H200 sweep's best).
+    ``cin_offset``: read input channels ``[cin_offset, cin_offset + p.cin)`` of ``x``.
+    ``out_split``: write output channels in groups of this many to separate buffers, returned
+    stacked as (cout / out_split, N, D+2, H+2, W+2, out_split) -- all members' first convs run as
+    one and each member gets its own contiguous buffer. ``block_m``: output voxels per program
+    (default 256 for rows of 32 or more voxels, else 128: the H200 sweep's best).
     """
     n, dip, hip, wip, xc = x.shape
     if cin_offset < 0 or cin_offset + p.cin > xc:
         raise ValueError(f"conv reads channels {cin_offset}..{cin_offset + p.cin - 1}, input has {xc}")
     d, h, w = dip - 2, hip - 2, wip - 2
     do, ho, wo = ((s + 2 * p.pad - p.ks) // p.stride + 1 for s in (d, h, w))
-    out = torch.empty((n, do + 2, ho + 2, wo + 2, p.cout), device=x.device, dtype=x.dtype)
+    padded = (n, do + 2, ho + 2, wo + 2)
+    if out_split is not None:
+        if out_split < 1 or p.cout % out_split or residual is not None:
+            raise ValueError(f"out_split {out_split} must divide {p.cout} output channels (and no residual)")
+        out = torch.empty((p.cout // out_split, *padded, out_split), device=x.device, dtype=x.dtype)
+        osplit, gstride = out_split, out[0].numel()
+    else:
+        out = torch.empty((*padded, p.cout), device=x.device, dtype=x.dtype)
+        osplit, gstride = 0, 0
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
     wo2, lpb = _tiling(wo, block_m or (256 if wo >= 32 else 128))
     nlines = n * (do + 2) * (ho + 2)
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
+    extra = {} if num_stages is None else {"num_stages": num_stages}
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                          do + 2, ho + 2, wo + 2, dip, hip, wip, xc, cin_offset,
                          p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
-                         num_warps=num_warps)
+                         osplit, gstride, num_warps=num_warps, **extra)
+    return out
+
+
+# ----------------------------------------------------------------------------- epilogue of folded convs
+@triton.jit
+def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
+                         DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
+                         WO2: tl.constexpr, LPB: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+                         HAS_RES: tl.constexpr):
+    pid = tl.program_id(0)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
+    ch = tl.arange(0, CP)
+    ch_ok = (ch < C)[None, :]
+    src = (((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2) + xo) * C
+    v = tl.load(y_ptr + src[:, None] + ch[None, :], mask=inside[:, None] & ch_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(b_ptr + ch, mask=ch < C, other=0.0)[None, :]
+    if RELU:
+        v = tl.maximum(v, 0.0)
+    off = out_vox[:, None] * C + ch[None, :]
+    if HAS_RES:
+        v += tl.load(res_ptr + off, mask=inside[:, None] & ch_ok, other=0.0).to(tl.float32)
+    v = tl.where(inside[:, None], v, 0.0)
+    tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
+    _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+
+
+def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = True,
+                 residual: torch.Tensor | None = None, block_m: int | None = None) -> torch.Tensor:
+    """Unpadded NDHWC ``y`` (a folded conv's raw output) -> padded buffer of ``relu(y + bias) + residual``."""
+    n, d, h, w, c = y.shape
+    out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=y.dtype)
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
+    cp = triton.next_power_of_2(c)
+    wo2, lpb = _tiling(w, block_m or max(1024 // cp, 1))
+    nlines = n * (d + 2) * (h + 2)
+    _bias_act_pad_kernel[(triton.cdiv(nlines, lpb),)](
+        y, bias if bias is not None else y, residual if residual is not None else out, out, nlines,
+        d + 2, h + 2, w + 2, c, cp, wo2, lpb, bias is not None, relu, residual is not None)
+    return out
+
+
+# ----------------------------------------------------------------------------- CBAM in three passes
+@triton.jit
+def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
+    n = tl.program_id(0)
+    part = tl.program_id(1)
+    ch = tl.arange(0, CP)
+    ch_ok = ch < C
+    vs = tl.arange(0, BV)
+    acc_s = tl.zeros((BV, CP), dtype=tl.float32)
+    acc_m = tl.full((BV, CP), float("-inf"), dtype=tl.float32)
+    start = part * CHUNK
+    base = x_ptr + n.to(tl.int64) * V * C
+    for v0 in range(start, start + CHUNK, BV):
+        v = v0 + vs
+        ok = ((v < V) & (v < start + CHUNK))[:, None] & ch_ok[None, :]
+        t = tl.load(base + v[:, None] * C + ch[None, :], mask=ok, other=0.0).to(tl.float32)
+        acc_s += t
+        acc_m = tl.maximum(acc_m, tl.where(ok, t, float("-inf")))
+    tl.atomic_add(sum_ptr + n * C + ch, tl.sum(acc_s, axis=0), mask=ch_ok)
+    tl.atomic_max(max_ptr + n * C + ch, tl.max(acc_m, axis=0), mask=ch_ok)
+
+
+def channel_stats(x: torch.Tensor, parts: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(crop, channel) sum and max over every voxel of ``x`` (N, ..., C), both fp32 (N, C).
+
+    One pass over ``x``; each crop is split into ``parts`` chunks (default: enough programs to fill
+    the card) that meet through atomics.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    v = x[0].numel() // c
+    cp = triton.next_power_of_2(c)
+    bv = max(16, 2048 // cp)
+    if parts is None:
+        parts = max(1, min(triton.cdiv(v, 4 * bv), triton.cdiv(1024, n)))
+    chunk = triton.cdiv(triton.cdiv(v, parts), bv) * bv
+    parts = triton.cdiv(v, chunk)
+    s = torch.zeros((n, c), device=x.device, dtype=torch.float32)
+    m = torch.full((n, c), float("-inf"), device=x.device, dtype=torch.float32)
+    _channel_stats_kernel[(n, parts)](x, s, m, v, chunk, c, cp, bv)
+    return s, m
+
+
+@triton.jit
+def _cbam_desc_kernel(x_ptr, g_ptr, out_ptr, NV, VPC, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
+    pid = tl.program_id(0)
+    v = pid.to(tl.int64) * BV + tl.arange(0, BV)
+    ch = tl.arange(0, CP)
+    ch_ok = ch < C
+    ok = v < NV
+    n = v // VPC
+    m2 = ok[:, None] & ch_ok[None, :]
+    t = tl.load(x_ptr + v[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+    t = t * tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=m2, other=0.0)
+    if C != CP:
+        mx = tl.max(tl.where(ch_ok[None, :], t, float("-inf")), axis=1)
+    else:
+        mx = tl.max(t, axis=1)
+    mean = tl.sum(t, axis=1) / C
+    tl.store(out_ptr + 2 * v, mx.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + 2 * v + 1, mean.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def cbam_desc(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """CBAM's spatial descriptor: channel max and mean of ``gate * x`` per voxel, (..., 2).
+
+    On a padded buffer the border stays zero (zero inputs give zero max and mean), which is the
+    zero padding of the spatial gate's convolution.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    vpc = x[0].numel() // c
+    out = torch.empty((*x.shape[:-1], 2), device=x.device, dtype=x.dtype)
+    cp = triton.next_power_of_2(c)
+    bv = max(32, 4096 // cp)
+    _cbam_desc_kernel[(triton.cdiv(n * vpc, bv),)](x, gate.float().contiguous(), out, n * vpc, vpc, c, cp, bv)
+    return out
+
+
+@triton.jit
+def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
+                       DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
+                       WO2: tl.constexpr, LPB: tl.constexpr, NASLUNG: tl.constexpr):
+    pid = tl.program_id(0)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
+    ch = tl.arange(0, CP)
+    ch_ok = (ch < C)[None, :]
+    a_off = ((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2) + xo
+    s = tl.sigmoid(tl.load(a_ptr + a_off, mask=inside, other=0.0).to(tl.float32))[:, None]
+    off = out_vox[:, None] * C + ch[None, :]
+    m2 = inside[:, None] & ch_ok
+    xc = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    if NASLUNG:
+        y = s * xc + xc
+    else:
+        y = s * xc * tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=m2, other=0.0)
+    y = tl.where(inside[:, None], y, 0.0)
+    tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
+    _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+
+
+def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, naslung: bool,
+               block_m: int | None = None) -> torch.Tensor:
+    """CBAM's output on a padded buffer from the spatial logits (N, D, H, W) (before the sigmoid):
+    ``s * x + x`` for NAS-Lung's CBAM, ``s * gate * x`` for the original."""
+    n, dp, hp, wp, c = x.shape
+    if logits.shape != (n, dp - 2, hp - 2, wp - 2):
+        raise ValueError(f"logits shape {tuple(logits.shape)} does not match buffer {tuple(x.shape)}")
+    cp = triton.next_power_of_2(c)
+    wo2, lpb = _tiling(wp - 2, block_m or max(1024 // cp, 1))
+    out = torch.empty_like(x)
+    nlines = n * dp * hp
+    _cbam_apply_kernel[(triton.cdiv(nlines, lpb),)](x, logits.contiguous(), gate.float().contiguous(), out, nlines,
+                                                     dp, hp, wp, c, cp, wo2, lpb, naslung)
     return out
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 CASES = Path(__file__).with_name("triton_interp_cases.py")
 
 
-@pytest.mark.parametrize("case", ["conv", "cbam", "engine"])
+@pytest.mark.parametrize("case", ["conv", "split", "fold", "cbam", "engine"])
 def test_triton_kernels_match_pytorch_under_the_interpreter(case):
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, str(CASES), case], capture_output=True, text=True, env=env, timeout=240)

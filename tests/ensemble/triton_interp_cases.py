@@ -63,17 +63,79 @@ def case_conv() -> None:
     print("conv ok")
 
 
+def case_split() -> None:
+    """Several members' first convs as one launch, each member's channels in its own buffer."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 5, 6, 7, generator=g)
+    wt, b = torch.randn(12, 1, 3, 3, 3, generator=g), torch.randn(12, generator=g)
+    out = K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), out_split=4)
+    assert out.shape == (3, 2, 7, 8, 9, 4), out.shape
+    ref = torch.relu(F.conv3d(x, wt, b, 1, 1))
+    for i in range(3):
+        _check_border_zero(out[i])
+        err = (K.interior(out[i]).permute(0, 4, 1, 2, 3) - ref[:, 4 * i:4 * i + 4]).abs().max().item()
+        assert err < 1e-4, (i, err)
+    try:
+        K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), out_split=5)
+    except ValueError:
+        print("split ok")
+        return
+    raise AssertionError("out_split 5 of 12 channels was accepted")
+
+
+def case_fold() -> None:
+    """x-folded cuDNN-style 2D convs + the bias/ReLU/residual/padding epilogue == conv3d."""
+    from naslung.ensemble import fold
+
+    g = torch.Generator().manual_seed(2)
+    for cin, cout, k, stride, size, res in [(4, 4, 3, 1, 6, False), (4, 4, 3, 2, 6, False), (2, 8, 3, 1, (4, 5, 7), True),
+                                            (8, 16, 3, 2, (5, 6, 7), False), (3, 5, 3, 1, 3, True)]:
+        d, h, w = size if isinstance(size, tuple) else (size,) * 3
+        x = torch.rand(2, cin, d, h, w, generator=g) - 0.3
+        wt = torch.randn(cout, cin, k, k, k, generator=g) * 0.3
+        b = torch.randn(cout, generator=g)
+        ref = torch.relu(F.conv3d(x, wt, b, stride, k // 2))
+        r = torch.rand(ref.shape, generator=g) if res else None
+        fc = fold.pack_folded(wt, b, stride, k // 2, torch.float32)
+        out = K.bias_act_pad(fold.folded_conv(_padded(x), fc), fc.bias, residual=None if r is None else _padded(r))
+        _check_border_zero(out)
+        got = K.interior(out).permute(0, 4, 1, 2, 3)
+        err = (got - (ref if r is None else ref + r)).abs().max().item()
+        assert got.shape == ref.shape and err < 1e-4, (cin, cout, stride, size, err)
+    for bad in (lambda: fold.pack_folded(torch.randn(4, 4, 1, 1, 1), None, 1, 0, torch.float32),
+                lambda: fold.folded_conv(_padded(torch.rand(1, 3, 4, 4, 4)),
+                                         fold.pack_folded(torch.randn(4, 4, 3, 3, 3), None, 1, 1, torch.float32))):
+        try:
+            bad()
+        except ValueError:
+            continue
+        raise AssertionError("expected a ValueError")
+    print("fold ok")
+
+
 def case_cbam() -> None:
+    """Channel statistics, descriptor, folded gate conv and output pass == CBAM3d (both variants)."""
+    from naslung.ensemble import fold
     from naslung.models.cbam import CBAM3d
 
     torch.manual_seed(0)
-    for variant, c, size in [("naslung", 4, 6), ("naslung", 6, 5), ("original", 8, 5)]:
+    for variant, c, size in [("naslung", 4, 6), ("naslung", 6, (4, 5, 7)), ("original", 8, 5)]:
+        d, h, w = size if isinstance(size, tuple) else (size,) * 3
         m = CBAM3d(c, variant).eval()
-        x = torch.relu(torch.randn(2, c, size, size, size))
+        x = torch.relu(torch.randn(2, c, d, h, w))
         with torch.no_grad():
             ref = m(x)
             gate = m.channel_gate(x)[:, :, 0, 0, 0]
-        out = K.cbam_spatial(_padded(x), gate, m.spatial_gate.conv.weight, naslung=variant == "naslung")
+        xp = _padded(x)
+        total, mx = K.channel_stats(xp, parts=3)
+        assert torch.allclose(total, x.sum(dim=(2, 3, 4)), atol=1e-4), "channel sums"
+        assert torch.equal(mx, x.amax(dim=(2, 3, 4))), "channel max"
+        desc = K.cbam_desc(xp, gate)
+        _check_border_zero(desc)
+        weight = m.spatial_gate.conv.weight.detach()
+        gate_conv = fold.pack_folded(weight, None, 1, weight.shape[-1] // 2, torch.float32)
+        logits = fold.folded_conv(desc, gate_conv)[..., 0]
+        out = K.cbam_apply(xp, logits, gate, naslung=variant == "naslung")
         _check_border_zero(out)
         err = (K.interior(out).permute(0, 4, 1, 2, 3) - ref).abs().max().item()
         assert err < 1e-5, (variant, c, err)
@@ -88,7 +150,8 @@ def case_engine() -> None:
 
     torch.manual_seed(0)
     cfgs = [ModelConfig(stages=((4, 8), (16,)), in_size=8, name="a"),
-            ModelConfig(stages=((8,),), stem_width=8, in_size=8, name="b", cbam="none", head="softmax")]
+            ModelConfig(stages=((8,),), in_size=8, name="b", cbam="none", head="softmax"),
+            ModelConfig(stages=((16,), (4,)), in_size=8, name="c", cbam="original")]
     models = []
     for cfg in cfgs:
         m = build_model(cfg)
@@ -98,12 +161,21 @@ def case_engine() -> None:
                 mod.running_var.uniform_(0.5, 2.0)
         models.append(m.eval())
     ens = Ensemble(models, names=[c.name for c in cfgs], configs=cfgs, rule="mean")
-    fast = FastEnsemble(ens, "cpu", backend="triton")
-    assert fast.backend == "triton" and fast._shared_stem is not None
     x = torch.rand(3, 1, 8, 8, 8)
-    err = (fast.member_proba(x) - ens.member_proba(x)).abs().max().item()
-    assert err < 1e-5, err
-    err = (fast.predict_proba(x) - ens.predict_proba(x)).abs().max().item()
+    # all few-channel convs folded (the default) and none folded
+    for fold_max_cin in (8, 0):
+        fast = FastEnsemble(ens, "cpu", backend="triton", fold_max_cin=fold_max_cin)
+        assert fast.backend == "triton" and fast._shared_stem is not None
+        err = (fast.member_proba(x) - ens.member_proba(x)).abs().max().item()
+        assert err < 1e-5, (fold_max_cin, err)
+        err = (fast.predict_proba(x) - ens.predict_proba(x)).abs().max().item()
+        assert err < 1e-5, (fold_max_cin, err)
+    # members whose stems differ in width run their first convs one by one
+    wide = ModelConfig(stages=((8,),), stem_width=8, in_size=8, name="w")
+    mixed = Ensemble([models[0], build_model(wide).eval()], names=["a", "w"], configs=[cfgs[0], wide], rule="mean")
+    fast = FastEnsemble(mixed, "cpu", backend="triton")
+    assert fast._shared_stem is None
+    err = (fast.member_proba(x) - mixed.member_proba(x)).abs().max().item()
     assert err < 1e-5, err
     # a layer the kernels do not cover (a 5x5x5 conv) is refused with the reason, not run wrong
     odd = build_model(cfgs[0]).eval()
@@ -118,4 +190,5 @@ def case_engine() -> None:
 
 
 if __name__ == "__main__":
-    {"conv": case_conv, "cbam": case_cbam, "engine": case_engine}[sys.argv[1]]()
+    {"conv": case_conv, "split": case_split, "fold": case_fold, "cbam": case_cbam,
+     "engine": case_engine}[sys.argv[1]]()
