@@ -52,6 +52,14 @@ def copy_bandwidth(dev) -> float:
     return 2 * a.numel() / (ms / 1e3)
 
 
+def repack(p: K.PackedConv, kb: int) -> K.PackedConv:
+    """The same conv packed with another reduction chunk ``kb``."""
+    k3 = p.ks ** 3
+    w = p.weight[:k3 * p.cin_pad].view(k3, p.cin_pad, -1)[:, :p.cin, :p.cout].float()
+    w = w.permute(2, 1, 0).reshape(p.cout, p.cin, p.ks, p.ks, p.ks)
+    return K.pack_conv(w, p.bias[:p.cout], p.stride, p.pad, p.weight.dtype, kb=kb)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=1024)
@@ -70,8 +78,9 @@ def main() -> int:
     plain = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False, fold_max_cin=0)  # every conv our kernel
     x = torch.rand(args.batch, 1, size, size, size, device=dev)
     rows, seen = [], set()
-    # (block_m, warps, stages); None = the kernel's default
-    sweep = [(None, 4, None)] if args.dry_run else [(None, 4, None), (None, 4, 2), (None, 4, 4), (None, 8, 3)]
+    # (reduction chunk as a multiple of the default, warps, pipeline stages); None = the kernel's default
+    sweep = [(1, 4, None), (2, 4, None)] if args.dry_run else [(1, 4, None), (1, 4, 2), (2, 4, None), (4, 4, None),
+                                                                (4, 8, None)]
 
     def conv_row(tag, h, chosen, packed, res=None):
         """Time one conv both ways (our kernel with a launch sweep, x-folded cuDNN); return the chosen output."""
@@ -83,9 +92,14 @@ def main() -> int:
         seen.add(key)
         row = {"layer": tag, "in": list(h.shape), "cout": packed.cout, "k": packed.ks, "stride": packed.stride,
                "chosen": "fold" if isinstance(chosen, fold.FoldedConv) else "triton"}
-        row["triton_ms"] = {f"{bm}x{w}x{st}": bench(lambda: K.conv3d(h, packed, residual=res, block_m=bm, num_warps=w,
-                                                                      num_stages=st))
-                            for bm, w, st in sweep}
+        row["triton_ms"] = {}
+        for mult, w, st in sweep:
+            kb = packed.kb * mult
+            if kb > 128 or kb >= 2 * packed.nchunk * packed.kb:
+                continue
+            pk = repack(packed, kb) if mult != 1 else packed
+            row["triton_ms"][f"kb{kb}x{w}x{st or 'd'}"] = bench(
+                lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st))
         if packed.ks == 3:
             fc = chosen if isinstance(chosen, fold.FoldedConv) else fold.pack_folded(
                 torch.randn(packed.cout, packed.cin, 3, 3, 3, device=dev), torch.randn(packed.cout, device=dev),

@@ -10,6 +10,8 @@ timeout 150 python3 bench/ensemble.py --device cuda --backend triton --batches 1
   --out "$OUT/ensemble_triton.json" 2>&1 | tee "$OUT/ensemble_triton.log"
 timeout 100 python3 bench/ensemble.py --device cuda --backend triton --fold-max-cin 0 --batches 256 1024 \
   --out "$OUT/ensemble_triton_nofold.json" 2>&1 | tee "$OUT/ensemble_triton_nofold.log"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/ensemble/test_ensemble_triton.py 2>&1 \
-  | tail -5 | tee "$OUT/gpu_test.log"
+timeout 60 python3 bench/ensemble.py --device cuda --backend triton --stream-max-batch 1024 --batches 1024 \
+  --out "$OUT/ensemble_triton_streams1024.json" 2>&1 | tail -3 | tee "$OUT/ensemble_triton_streams1024.log"
+timeout 150 python3 -m pytest -q -p no:cacheprovider --tb=short tests/ensemble/test_ensemble_triton.py 2>&1 \
+  | tail -40 | tee "$OUT/gpu_test.log"
 timeout 300 python3 bench/gpu/engine_layers.py --batch 1024 --out "$OUT/layers.json" 2>&1 | tee "$OUT/layers.log"

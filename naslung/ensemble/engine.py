@@ -358,7 +358,7 @@ class TritonMember(nn.Module):
         if not isinstance(m, CBAM3d):
             raise _Unsupported(f"attention module {type(m).__name__}")
         cg = m.channel_gate
-        spatial = m.spatial_gate.conv.weight.detach().float()
+        spatial = self.k.desc_weight(m.spatial_gate.conv.weight.detach().float())
         try:
             gate_conv = self.fold.pack_folded(spatial, None, 1, spatial.shape[-1] // 2, self.dtype)
         except ValueError as e:
@@ -373,14 +373,8 @@ class TritonMember(nn.Module):
         # CBAM inputs are ReLU outputs (>= 0) with a zero border, so reducing over the whole padded
         # buffer gives the interior's max, and its sum over the interior's voxel count the mean.
         total, mx = self.k.channel_stats(h)
-        avg = total / ((dp - 2) * (hp - 2) * (wp - 2))
-
-        def mlp(v: torch.Tensor) -> torch.Tensor:
-            z = v @ p["fc1"].t()
-            return (torch.relu(z) if p["relu"] else z) @ p["fc2"].t()
-
-        z = mlp(avg) + mlp(mx)
-        return torch.softmax(z, dim=1) if p["gate"] == "softmax" else torch.sigmoid(z)
+        return self.k.channel_gate(total, mx, (dp - 2) * (hp - 2) * (wp - 2), p["fc1"], p["fc2"], relu=p["relu"],
+                                   softmax=p["gate"] == "softmax")
 
     def apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
         if p is None:

@@ -101,7 +101,12 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     cols = tl.arange(0, KB)
     co = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((LPB * WO2, BN), dtype=tl.float32)
-    for c in range(NCHUNK):
+    # a tile of border lines only (whole z-border planes) skips the reduction and writes zeros; with
+    # one chunk a static trip count keeps the loop unpipelined (pipelining it would only cost smem)
+    n_iter = NCHUNK
+    if NCHUNK > 1:
+        n_iter = NCHUNK * (tl.sum(inside.to(tl.int32), axis=0) > 0)
+    for c in range(n_iter):
         k = c * KB + cols
         tap = k // CIN_PAD
         ci = k % CIN_PAD
@@ -249,10 +254,12 @@ def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
 
 
 def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = True,
-                 residual: torch.Tensor | None = None, block_m: int | None = None) -> torch.Tensor:
-    """Unpadded NDHWC ``y`` (a folded conv's raw output) -> padded buffer of ``relu(y + bias) + residual``."""
+                 residual: torch.Tensor | None = None, block_m: int | None = None,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Unpadded NDHWC ``y`` (a folded conv's raw output) -> padded buffer of ``relu(y + bias) + residual``
+    (in ``dtype``, default ``y``'s)."""
     n, d, h, w, c = y.shape
-    out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=y.dtype)
+    out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=dtype or y.dtype)
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
     cp = triton.next_power_of_2(c)
@@ -307,6 +314,47 @@ def channel_stats(x: torch.Tensor, parts: int | None = None) -> tuple[torch.Tens
 
 
 @triton.jit
+def _channel_gate_kernel(sum_ptr, max_ptr, fc1_ptr, fc2_ptr, out_ptr, inv_count, C: tl.constexpr, CP: tl.constexpr,
+                         HID: tl.constexpr, HP: tl.constexpr, RELU: tl.constexpr, SOFTMAX: tl.constexpr):
+    n = tl.program_id(0)
+    c = tl.arange(0, CP)
+    hdn = tl.arange(0, HP)
+    c_ok = c < C
+    w_ok = (hdn < HID)[:, None] & c_ok[None, :]
+    fc1 = tl.load(fc1_ptr + hdn[:, None] * C + c[None, :], mask=w_ok, other=0.0)  # (HID, C)
+    fc2t = tl.load(fc2_ptr + c[None, :] * HID + hdn[:, None], mask=w_ok, other=0.0)  # (C, HID) read transposed
+    avg = tl.load(sum_ptr + n * C + c, mask=c_ok, other=0.0) * inv_count
+    mx = tl.load(max_ptr + n * C + c, mask=c_ok, other=0.0)
+    h_avg = tl.sum(fc1 * avg[None, :], axis=1)
+    h_max = tl.sum(fc1 * mx[None, :], axis=1)
+    if RELU:
+        h_avg = tl.maximum(h_avg, 0.0)
+        h_max = tl.maximum(h_max, 0.0)
+    z = tl.sum(fc2t * (h_avg + h_max)[:, None], axis=0)  # fc2 is linear: fc2(a) + fc2(b) = fc2(a + b)
+    if SOFTMAX:
+        z = tl.where(c_ok, z, float("-inf"))
+        e = tl.exp(z - tl.max(z, axis=0))
+        g = e / tl.sum(e, axis=0)
+    else:
+        g = tl.sigmoid(z)
+    tl.store(out_ptr + n * C + c, g, mask=c_ok)
+
+
+def channel_gate(total: torch.Tensor, mx: torch.Tensor, count: int, fc1: torch.Tensor, fc2: torch.Tensor, *,
+                 relu: bool, softmax: bool) -> torch.Tensor:
+    """CBAM's channel gate (N, C) fp32 from per-channel sums over ``count`` voxels and maxima, in one
+    launch: ``gate(fc2(act(fc1(mean))) + fc2(act(fc1(max))))`` with ``gate`` softmax or sigmoid."""
+    n, c = total.shape
+    hid = fc1.shape[0]
+    if fc1.shape != (hid, c) or fc2.shape != (c, hid):
+        raise ValueError(f"gate MLP shapes {tuple(fc1.shape)}, {tuple(fc2.shape)} do not fit {c} channels")
+    out = torch.empty((n, c), device=total.device, dtype=torch.float32)
+    _channel_gate_kernel[(n,)](total, mx, fc1.float().contiguous(), fc2.float().contiguous(), out, 1.0 / count, c,
+                               triton.next_power_of_2(c), hid, triton.next_power_of_2(hid), relu, softmax)
+    return out
+
+
+@triton.jit
 def _cbam_desc_kernel(x_ptr, g_ptr, out_ptr, NV, VPC, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
     pid = tl.program_id(0)
     v = pid.to(tl.int64) * BV + tl.arange(0, BV)
@@ -322,19 +370,24 @@ def _cbam_desc_kernel(x_ptr, g_ptr, out_ptr, NV, VPC, C: tl.constexpr, CP: tl.co
     else:
         mx = tl.max(t, axis=1)
     mean = tl.sum(t, axis=1) / C
-    tl.store(out_ptr + 2 * v, mx.to(out_ptr.dtype.element_ty), mask=ok)
-    tl.store(out_ptr + 2 * v + 1, mean.to(out_ptr.dtype.element_ty), mask=ok)
+    j = tl.arange(0, 4)[None, :]
+    d = tl.where(j == 0, mx[:, None], tl.where(j == 1, mean[:, None], 0.0))
+    tl.store(out_ptr + 4 * v[:, None] + j, d.to(out_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+DESC_CHANNELS = 4  # max, mean and two zeros: 4 * (W + 2) is a multiple of 8, which cuDNN's fast kernels need
 
 
 def cbam_desc(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """CBAM's spatial descriptor: channel max and mean of ``gate * x`` per voxel, (..., 2).
+    """CBAM's spatial descriptor per voxel: channel max and mean of ``gate * x``, then two zero
+    channels (:data:`DESC_CHANNELS`), shape (..., 4); pad the gate conv with :func:`desc_weight`.
 
     On a padded buffer the border stays zero (zero inputs give zero max and mean), which is the
     zero padding of the spatial gate's convolution.
     """
     n, c = x.shape[0], x.shape[-1]
     vpc = x[0].numel() // c
-    out = torch.empty((*x.shape[:-1], 2), device=x.device, dtype=x.dtype)
+    out = torch.empty((*x.shape[:-1], DESC_CHANNELS), device=x.device, dtype=x.dtype)
     cp = triton.next_power_of_2(c)
     bv = max(32, 4096 // cp)
     _cbam_desc_kernel[(triton.cdiv(n * vpc, bv),)](x, gate.float().contiguous(), out, n * vpc, vpc, c, cp, bv)
@@ -361,6 +414,11 @@ def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
     y = tl.where(inside[:, None], y, 0.0)
     tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
     _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+
+
+def desc_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The spatial gate conv's (1, 2, k, k, k) weight with zero weights for the descriptor's padding channels."""
+    return torch.cat([weight, weight.new_zeros(1, DESC_CHANNELS - 2, *weight.shape[2:])], dim=1)
 
 
 def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, naslung: bool,
@@ -449,9 +507,11 @@ def cbam_spatial(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *, n
 
 
 def to_padded(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, 1, D, H, W) input -> the padded NDHWC buffer (N, D+2, H+2, W+2, 1)."""
-    return torch.nn.functional.pad(x.to(dtype), (1, 1, 1, 1, 1, 1)).view(x.shape[0], x.shape[2] + 2, x.shape[3] + 2,
-                                                                       x.shape[4] + 2, 1)
+    """(N, 1, D, H, W) input -> the padded NDHWC buffer (N, D+2, H+2, W+2, 1) in ``dtype``, one pass."""
+    n, c, d, h, w = x.shape
+    if c != 1:
+        raise ValueError(f"expected one input channel, got {c}")
+    return bias_act_pad(x.contiguous().view(n, d, h, w, 1), None, relu=False, dtype=dtype)
 
 
 def interior(x: torch.Tensor) -> torch.Tensor:

@@ -130,9 +130,13 @@ def case_cbam() -> None:
         total, mx = K.channel_stats(xp, parts=3)
         assert torch.allclose(total, x.sum(dim=(2, 3, 4)), atol=1e-4), "channel sums"
         assert torch.equal(mx, x.amax(dim=(2, 3, 4))), "channel max"
+        cg = m.channel_gate
+        g = K.channel_gate(total, mx, d * h * w, cg.fc1.weight.detach(), cg.fc2.weight.detach(),
+                           relu=variant == "original", softmax=variant == "naslung")
+        assert torch.allclose(g, gate, atol=1e-6), (variant, (g - gate).abs().max().item())
         desc = K.cbam_desc(xp, gate)
         _check_border_zero(desc)
-        weight = m.spatial_gate.conv.weight.detach()
+        weight = K.desc_weight(m.spatial_gate.conv.weight.detach())
         gate_conv = fold.pack_folded(weight, None, 1, weight.shape[-1] // 2, torch.float32)
         logits = fold.folded_conv(desc, gate_conv)[..., 0]
         out = K.cbam_apply(xp, logits, gate, naslung=variant == "naslung")
