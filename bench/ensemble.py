@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direct-max-cin", type=int, default=None,
                    help="engine: convs with at most this many input channels as fused slice sums (default 0 = off; 4 is fast on an H100 but compiles for ~400 s)")
     p.add_argument("--group", action="store_true", help="engine: stack matching architectures (grouped convs)")
-    p.add_argument("--stream-max-batch", type=int, default=256,
+    p.add_argument("--stream-max-batch", type=int, default=1024,
                    help="engine (Triton, CUDA): members on their own streams up to this batch (0 = never)")
     p.add_argument("--fold-max-cin", type=int, default=8,
                    help="engine (Triton): 3x3x3 convs with at most this many input channels run x-folded on cuDNN "

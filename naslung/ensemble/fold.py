@@ -31,7 +31,7 @@ class FoldedConv:
     bias: torch.Tensor | None  # (COUT,) fp32
     stride: int
     pad: int
-    _banded: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _banded: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def cin(self) -> int:
@@ -48,11 +48,12 @@ class FoldedConv:
     def out_size(self, size: int) -> int:
         return (size + 2 * self.pad - self.ks) // self.stride + 1
 
-    def banded(self, width: int) -> torch.Tensor:
-        """The 2D weight ``(Wo * COUT, (W + 2) * CIN, k, k)`` for inputs ``width`` voxels wide."""
-        if width not in self._banded:
-            self._banded[width] = band_weight(self.weight, width, self.stride, self.pad)
-        return self._banded[width]
+    def banded(self, width: int, x_border: int = 1) -> torch.Tensor:
+        """The 2D weight ``(Wo * COUT, (W + 2 * x_border) * CIN, k, k)`` for inputs ``width`` voxels wide."""
+        key = (width, x_border)
+        if key not in self._banded:
+            self._banded[key] = band_weight(self.weight, width, self.stride, self.pad, x_border)
+        return self._banded[key]
 
 
 def pack_folded(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
@@ -66,27 +67,33 @@ def pack_folded(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pa
     return FoldedConv(weight.detach().to(dtype).contiguous(), b, stride, padding)
 
 
-def band_weight(weight: torch.Tensor, width: int, stride: int, pad: int) -> torch.Tensor:
-    """The banded 2D weight of the module docstring, channels-last (cuDNN's fast layout)."""
+def band_weight(weight: torch.Tensor, width: int, stride: int, pad: int, x_border: int = 1) -> torch.Tensor:
+    """The banded 2D weight of the module docstring, channels-last (cuDNN's fast layout), for an
+    input with ``x_border`` zero voxels at each x end (taps beyond them are the conv's zero padding)."""
     cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[-1]
     wo = (width + 2 * pad - k) // stride + 1
-    w2 = torch.zeros(wo, cout, width + 2, cin, k, k, dtype=weight.dtype, device=weight.device)
+    wi = width + 2 * x_border
+    w2 = torch.zeros(wo, cout, wi, cin, k, k, dtype=weight.dtype, device=weight.device)
     for xo in range(wo):
         for kx in range(k):
-            xp = xo * stride + kx + 1 - pad
-            if 0 <= xp < width + 2:
+            xp = xo * stride + kx + x_border - pad
+            if 0 <= xp < wi:
                 w2[xo, :, xp] = weight[:, :, :, :, kx]
-    w2 = w2.reshape(wo * cout, (width + 2) * cin, k, k)
+    w2 = w2.reshape(wo * cout, wi * cin, k, k)
     return w2.contiguous(memory_format=torch.channels_last)
 
 
-def folded_conv(x: torch.Tensor, fc: FoldedConv) -> torch.Tensor:
-    """Padded NDHWC ``x`` -> the conv's raw output (no bias), unpadded NDHWC (N, Do, Ho, Wo, COUT)."""
+def folded_conv(x: torch.Tensor, fc: FoldedConv, x_border: int = 1) -> torch.Tensor:
+    """Padded NDHWC ``x`` -> the conv's raw output (no bias), unpadded NDHWC (N, Do, Ho, Wo, COUT).
+
+    ``x`` has a one-voxel zero border in z and y, and ``x_border`` zero voxels at each x end.
+    """
     n, dp, hp, wp, c = x.shape
     if c != fc.cin:
         raise ValueError(f"folded conv expects {fc.cin} input channels, buffer has {c}")
+    width = wp - 2 * x_border
     image = x.view(n, dp, hp, wp * c).permute(0, 3, 1, 2)  # NCHW view with channels-last strides
-    y = F.conv2d(image, fc.banded(wp - 2), None, fc.stride, fc.pad - 1)
+    y = F.conv2d(image, fc.banded(width, x_border), None, fc.stride, fc.pad - 1)
     y = y.contiguous(memory_format=torch.channels_last)  # a no-op for cuDNN's output; safe elsewhere
     do, ho = y.shape[2], y.shape[3]
-    return y.permute(0, 2, 3, 1).view(n, do, ho, fc.out_size(wp - 2), fc.cout)
+    return y.permute(0, 2, 3, 1).view(n, do, ho, fc.out_size(width), fc.cout)

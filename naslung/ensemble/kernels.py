@@ -101,12 +101,7 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     cols = tl.arange(0, KB)
     co = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((LPB * WO2, BN), dtype=tl.float32)
-    # a tile of border lines only (whole z-border planes) skips the reduction and writes zeros; with
-    # one chunk a static trip count keeps the loop unpipelined (pipelining it would only cost smem)
-    n_iter = NCHUNK
-    if NCHUNK > 1:
-        n_iter = NCHUNK * (tl.sum(inside.to(tl.int32), axis=0) > 0)
-    for c in range(n_iter):
+    for c in range(NCHUNK):
         k = c * KB + cols
         tap = k // CIN_PAD
         ci = k % CIN_PAD
@@ -199,7 +194,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     ``out_split``: write output channels in groups of this many to separate buffers, returned
     stacked as (cout / out_split, N, D+2, H+2, W+2, out_split) -- all members' first convs run as
     one and each member gets its own contiguous buffer. ``block_m``: output voxels per program
-    (default 256 for rows of 32 or more voxels, else 128: the H200 sweep's best).
+    (default 256 for rows of 16 or more voxels, else 128: the H200 sweep's best).
     """
     n, dip, hip, wip, xc = x.shape
     if cin_offset < 0 or cin_offset + p.cin > xc:
@@ -217,7 +212,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
         osplit, gstride = 0, 0
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
-    wo2, lpb = _tiling(wo, block_m or (256 if wo >= 32 else 128))
+    wo2, lpb = _tiling(wo, block_m or (256 if wo >= 16 else 128))
     nlines = n * (do + 2) * (ho + 2)
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     extra = {} if num_stages is None else {"num_stages": num_stages}
@@ -355,42 +350,39 @@ def channel_gate(total: torch.Tensor, mx: torch.Tensor, count: int, fc1: torch.T
 
 
 @triton.jit
-def _cbam_desc_kernel(x_ptr, g_ptr, out_ptr, NV, VPC, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
+def _cbam_desc_kernel(x_ptr, g_ptr, out_ptr, NV, VPC, W: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
+                      BV: tl.constexpr):
     pid = tl.program_id(0)
-    v = pid.to(tl.int64) * BV + tl.arange(0, BV)
+    v = pid.to(tl.int64) * BV + tl.arange(0, BV)  # output voxel: (n, z, y) line of the padded input, x interior
     ch = tl.arange(0, CP)
     ch_ok = ch < C
     ok = v < NV
     n = v // VPC
+    src = (v // W) * (W + 2) + v % W + 1
     m2 = ok[:, None] & ch_ok[None, :]
-    t = tl.load(x_ptr + v[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+    t = tl.load(x_ptr + src[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
     t = t * tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=m2, other=0.0)
     if C != CP:
         mx = tl.max(tl.where(ch_ok[None, :], t, float("-inf")), axis=1)
     else:
         mx = tl.max(t, axis=1)
     mean = tl.sum(t, axis=1) / C
-    j = tl.arange(0, 4)[None, :]
-    d = tl.where(j == 0, mx[:, None], tl.where(j == 1, mean[:, None], 0.0))
-    tl.store(out_ptr + 4 * v[:, None] + j, d.to(out_ptr.dtype.element_ty), mask=ok[:, None])
-
-
-DESC_CHANNELS = 4  # max, mean and two zeros: 4 * (W + 2) is a multiple of 8, which cuDNN's fast kernels need
+    tl.store(out_ptr + 2 * v, mx.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + 2 * v + 1, mean.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def cbam_desc(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """CBAM's spatial descriptor per voxel: channel max and mean of ``gate * x``, then two zero
-    channels (:data:`DESC_CHANNELS`), shape (..., 4); pad the gate conv with :func:`desc_weight`.
-
-    On a padded buffer the border stays zero (zero inputs give zero max and mean), which is the
-    zero padding of the spatial gate's convolution.
-    """
-    n, c = x.shape[0], x.shape[-1]
-    vpc = x[0].numel() // c
-    out = torch.empty((*x.shape[:-1], DESC_CHANNELS), device=x.device, dtype=x.dtype)
+    """CBAM's spatial descriptor of a padded buffer: channel max and mean of ``gate * x`` per voxel,
+    (N, D+2, H+2, W, 2) -- padded in z and y (zero there: zero inputs give zero max and mean), not
+    in x, so that the folded gate conv sees 2 * W channels (a multiple of 8, which cuDNN's fast
+    kernels need; run it with ``x_border=0``)."""
+    n, dp, hp, wp, c = x.shape
+    out = torch.empty((n, dp, hp, wp - 2, 2), device=x.device, dtype=x.dtype)
+    vpc = dp * hp * (wp - 2)
     cp = triton.next_power_of_2(c)
     bv = max(32, 4096 // cp)
-    _cbam_desc_kernel[(triton.cdiv(n * vpc, bv),)](x, gate.float().contiguous(), out, n * vpc, vpc, c, cp, bv)
+    _cbam_desc_kernel[(triton.cdiv(n * vpc, bv),)](x, gate.float().contiguous(), out, n * vpc, vpc, wp - 2, c, cp,
+                                                    bv)
     return out
 
 
@@ -414,11 +406,6 @@ def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
     y = tl.where(inside[:, None], y, 0.0)
     tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
     _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
-
-
-def desc_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The spatial gate conv's (1, 2, k, k, k) weight with zero weights for the descriptor's padding channels."""
-    return torch.cat([weight, weight.new_zeros(1, DESC_CHANNELS - 2, *weight.shape[2:])], dim=1)
 
 
 def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, naslung: bool,

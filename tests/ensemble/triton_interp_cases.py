@@ -135,10 +135,11 @@ def case_cbam() -> None:
                            relu=variant == "original", softmax=variant == "naslung")
         assert torch.allclose(g, gate, atol=1e-6), (variant, (g - gate).abs().max().item())
         desc = K.cbam_desc(xp, gate)
-        _check_border_zero(desc)
-        weight = K.desc_weight(m.spatial_gate.conv.weight.detach())
+        assert desc.shape == (2, d + 2, h + 2, w, 2), desc.shape
+        assert (desc[:, [0, -1]] == 0).all() and (desc[:, :, [0, -1]] == 0).all(), "z/y border not zero"
+        weight = m.spatial_gate.conv.weight.detach()
         gate_conv = fold.pack_folded(weight, None, 1, weight.shape[-1] // 2, torch.float32)
-        logits = fold.folded_conv(desc, gate_conv)[..., 0]
+        logits = fold.folded_conv(desc, gate_conv, x_border=0)[..., 0]
         out = K.cbam_apply(xp, logits, gate, naslung=variant == "naslung")
         _check_border_zero(out)
         err = (K.interior(out).permute(0, 4, 1, 2, 3) - ref).abs().max().item()
