@@ -278,8 +278,8 @@ def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK, C: tl.constexpr, CP
     acc_m = tl.full((BV, CP), float("-inf"), dtype=tl.float32)
     start = part * CHUNK
     base = x_ptr + n.to(tl.int64) * V * C
-    for v0 in range(start, start + CHUNK, BV):
-        v = v0 + vs
+    for v0 in range(0, CHUNK, BV):  # bounds free of program ids (the interpreter needs plain ints)
+        v = start + v0 + vs
         ok = ((v < V) & (v < start + CHUNK))[:, None] & ch_ok[None, :]
         t = tl.load(base + v[:, None] * C + ch[None, :], mask=ok, other=0.0).to(tl.float32)
         acc_s += t
