@@ -268,7 +268,7 @@ def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = Tru
 
 # ----------------------------------------------------------------------------- CBAM in three passes
 @triton.jit
-def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
+def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
     n = tl.program_id(0)
     part = tl.program_id(1)
     ch = tl.arange(0, CP)
@@ -278,7 +278,7 @@ def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK, C: tl.constexpr, CP
     acc_m = tl.full((BV, CP), float("-inf"), dtype=tl.float32)
     start = part * CHUNK
     base = x_ptr + n.to(tl.int64) * V * C
-    for v0 in range(0, CHUNK, BV):  # bounds free of program ids (the interpreter needs plain ints)
+    for v0 in range(0, CHUNK, BV):  # constexpr bounds: the interpreter cannot loop to a runtime value
         v = start + v0 + vs
         ok = ((v < V) & (v < start + CHUNK))[:, None] & ch_ok[None, :]
         t = tl.load(base + v[:, None] * C + ch[None, :], mask=ok, other=0.0).to(tl.float32)
