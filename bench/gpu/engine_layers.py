@@ -52,13 +52,12 @@ def copy_bandwidth(dev) -> float:
     return 2 * a.numel() / (ms / 1e3)
 
 
-def repack(p: K.PackedConv, kb: int | None = None, xrun: bool | None = None) -> K.PackedConv:
-    """The same conv packed another way (reduction chunk ``kb``, x runs or taps)."""
-    ngroup, glen = (p.ks ** 2, p.ks * p.cin) if p.xrun else (p.ks ** 3, p.cin)
-    w = p.weight[:ngroup * p.gpad].view(ngroup, p.gpad, -1)[:, :glen, :p.cout].float()
-    w = w.reshape(p.ks, p.ks, p.ks, p.cin, p.cout).permute(4, 3, 0, 1, 2)
-    return K.pack_conv(w, p.bias[:p.cout], p.stride, p.pad, p.weight.dtype, kb=kb,
-                       xrun=p.xrun if xrun is None else xrun)
+def repack(p: K.PackedConv, kb: int) -> K.PackedConv:
+    """The same conv packed with another reduction chunk ``kb``."""
+    k3 = p.ks ** 3
+    w = p.weight[:k3 * p.cin_pad].view(k3, p.cin_pad, -1)[:, :p.cin, :p.cout].float()
+    w = w.permute(2, 1, 0).reshape(p.cout, p.cin, p.ks, p.ks, p.ks)
+    return K.pack_conv(w, p.bias[:p.cout], p.stride, p.pad, p.weight.dtype, kb=kb)
 
 
 def main() -> int:
@@ -79,12 +78,9 @@ def main() -> int:
     plain = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False, fold_max_cin=0)  # every conv our kernel
     x = torch.rand(args.batch, 1, size, size, size, device=dev)
     rows, seen = [], set()
-    # (name, x runs, reduction chunk (None = default), warps, pipeline stages, voxels per program; None = default)
-    sweep = [("taps", False, None, 4, None, None), ("xrun", True, None, 4, None, None)]
-    if not args.dry_run:
-        sweep += [("taps st2", False, None, 4, 2, None), ("xrun kb/2", True, "/2", 4, None, None),
-                  ("xrun st2", True, None, 4, 2, None), ("xrun bm128", True, None, 4, None, 128),
-                  ("xrun bm64", True, None, 4, None, 64), ("xrun w8", True, None, 8, None, None)]
+    # (reduction chunk as a multiple of the default, warps, pipeline stages); None = the kernel's default
+    sweep = [(1, 4, None), (2, 4, None)] if args.dry_run else [(1, 4, None), (1, 4, 2), (2, 4, None), (4, 4, None),
+                                                                (4, 8, None)]
 
     def conv_row(tag, h, chosen, packed, res=None):
         """Time one conv both ways (our kernel with a launch sweep, x-folded cuDNN); return the chosen output."""
@@ -97,19 +93,13 @@ def main() -> int:
         row = {"layer": tag, "in": list(h.shape), "cout": packed.cout, "k": packed.ks, "stride": packed.stride,
                "chosen": "fold" if isinstance(chosen, fold.FoldedConv) else "triton"}
         row["triton_ms"] = {}
-        for tag, xrun, kbm, w, st, bm in sweep:
-            if xrun and packed.ks == 1:
+        for mult, w, st in sweep:
+            kb = packed.kb * mult
+            if kb > 128 or kb >= 2 * packed.nchunk * packed.kb:
                 continue
-            pk = repack(packed, xrun=xrun)
-            if kbm is not None:
-                kb = pk.kb * 2 if kbm == "x2" else pk.kb // 2
-                if kb < 16 or kb > 256:
-                    continue
-                pk = repack(pk, kb=kb)
-            row["triton_ms"][f"{tag} kb{pk.kb}"] = bench(
-                lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st, block_m=bm))
-            if tag == ("xrun" if packed.xrun else "taps"):
-                row["default"] = f"{tag} kb{pk.kb}"  # what the engine runs
+            pk = repack(packed, kb) if mult != 1 else packed
+            row["triton_ms"][f"kb{kb}x{w}x{st or 'd'}"] = bench(
+                lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st))
         if packed.ks == 3:
             fc = chosen if isinstance(chosen, fold.FoldedConv) else fold.pack_folded(
                 torch.randn(packed.cout, packed.cin, 3, 3, 3, device=dev), torch.randn(packed.cout, device=dev),
@@ -146,7 +136,7 @@ def main() -> int:
     if fast._shared_stem is not None:
         xp = K.to_padded(x, dtype)
         row = {"layer": "shared stem0", "in": list(xp.shape), "cout": fast._shared_stem.packed.cout,
-               "triton_ms": {"split": bench(lambda: fast._shared_stem(x))}, "k": 3, "stride": 1, "chosen": "triton", "default": "split",
+               "triton_ms": {"split": bench(lambda: fast._shared_stem(x))}, "k": 3, "stride": 1, "chosen": "triton",
                "floor_ms": (xp.numel() + stems.numel()) * 2 / bw * 1e3}
         rows.append(row)
     totals = {}
@@ -170,7 +160,7 @@ def main() -> int:
     for r in rows:
         if "triton_ms" in r:
             cfg, ms = min(r["triton_ms"].items(), key=lambda kv: kv[1])
-            default = r["triton_ms"][r["default"]]
+            default = next(iter(r["triton_ms"].values()))
             fold_ms = r.get("fold_ms", float("nan"))
             sums["triton_default"] += default
             sums["triton_best"] += ms

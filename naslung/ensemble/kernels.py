@@ -85,8 +85,7 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.constexpr,
                    DIP: tl.constexpr, HIP: tl.constexpr, WIP: tl.constexpr,
                    XC: tl.constexpr, XOFF: tl.constexpr,
-                   CIN: tl.constexpr, COUT: tl.constexpr, GPAD: tl.constexpr, XRUN: tl.constexpr,
-                   WCOLS: tl.constexpr,
+                   CIN: tl.constexpr, COUT: tl.constexpr, CIN_PAD: tl.constexpr, WCOLS: tl.constexpr,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
                    BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr,
@@ -102,35 +101,19 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     cols = tl.arange(0, KB)
     co = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((LPB * WO2, BN), dtype=tl.float32)
-    # the reduction axis is NGROUP groups of GLEN consecutive input elements, each padded to GPAD:
-    # a tap's CIN channels, or (XRUN) a (z, y) tap pair's run of KS voxels x CIN channels along x
-    if XRUN:
-        NGROUP: tl.constexpr = KS * KS
-        GLEN: tl.constexpr = KS * CIN
-    else:
-        NGROUP: tl.constexpr = KS * KS * KS
-        GLEN: tl.constexpr = CIN
     for c in range(NCHUNK):
         k = c * KB + cols
-        grp = k // GPAD
-        j = k % GPAD
-        if XRUN:
-            dz = grp // KS
-            dy = grp % KS
-            if XC == CIN:
-                col_off = (dz * HIP + dy) * WIP * XC + j
-            else:
-                col_off = (dz * HIP + dy) * WIP * XC + (j // CIN) * XC + j % CIN
-        else:
-            dz = grp // (KS * KS)
-            dy = (grp // KS) % KS
-            dx = grp % KS
-            col_off = ((dz * HIP + dy) * WIP + dx) * XC + j
+        tap = k // CIN_PAD
+        ci = k % CIN_PAD
+        dz = tap // (KS * KS)
+        dy = (tap // KS) % KS
+        dx = tap % KS
+        col_off = ((dz * HIP + dy) * WIP + dx) * XC + ci
         mask = inside[:, None]
-        if GLEN != GPAD:  # only then can a column be padding (keeps loads vectorisable)
-            mask = mask & (j < GLEN)[None, :]
-        if NCHUNK * KB > NGROUP * GPAD:
-            mask = mask & (grp < NGROUP)[None, :]
+        if CIN != CIN_PAD:  # only then can a column be a padding channel (keeps loads vectorisable)
+            mask = mask & (ci < CIN)[None, :]
+        if NCHUNK * KB > KS * KS * KS * CIN_PAD:
+            mask = mask & (tap < KS * KS * KS)[None, :]
         a = tl.load(x_ptr + base[:, None] + col_off[None, :], mask=mask, other=0.0)
         w = tl.load(w_ptr + k[:, None] * WCOLS + co[None, :])
         acc += tl.dot(a, w)
@@ -151,8 +134,7 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
 
 @dataclass
 class PackedConv:
-    """A (BN-folded) Conv3d's weights laid out for :func:`conv3d`: rows ``group * gpad + j``, where a
-    group is a tap (``j`` = input channel) or, with ``xrun``, a (z, y) tap pair (``j = dx * cin + ci``)."""
+    """A (BN-folded) Conv3d's weights laid out for :func:`conv3d`: rows ``tap * cin_pad + ci``."""
 
     weight: torch.Tensor  # (nchunk * kb, wcols), zero rows/columns where padded
     bias: torch.Tensor  # (wcols,) fp32
@@ -161,54 +143,46 @@ class PackedConv:
     ks: int
     stride: int
     pad: int
-    gpad: int
-    xrun: bool
+    cin_pad: int
     kb: int
     nchunk: int
     bn: int
 
 
 def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-              dtype: torch.dtype, kb: int | None = None, xrun: bool | None = None) -> PackedConv:
+              dtype: torch.dtype, kb: int | None = None) -> PackedConv:
     """Pack a cubic-kernel conv ``weight`` (COUT, CIN, k, k, k) for :func:`conv3d`.
 
-    ``xrun``: walk the reduction by (z, y) tap pairs, each a contiguous run of 3 voxels x CIN
-    channels along x (9 chunks instead of 27 for a 3x3x3 conv; default for 16-32 channels).
-    ``kb``: reduction chunk (a power of two >= 16); by default one group when it is 16-128 wide,
-    else 128 for 4 channels and 32 for 1, 2 and 8 (several taps per chunk) -- the fastest measured
-    on an H200 (docs/benchmarks.md).
+    ``kb``: reduction chunk (a power of two >= 16); by default 128 for 4 channels, 32 for 1, 2 and 8
+    (several taps per chunk), else min(64, channels) -- the fastest of 16..128 measured on an
+    H200 (docs/benchmarks.md).
     """
     cout, cin, kd, kh, kw = weight.shape
     if not kd == kh == kw or kd % 2 == 0 or padding != kd // 2 or padding > 1:
         raise ValueError(f"conv3d kernel supports 1x1x1 and 3x3x3 'same'-padded kernels, got {tuple(weight.shape)} "
                          f"padding {padding}")
     ks = kd
-    if xrun is None:
-        xrun = 16 <= cin <= 32
-    xrun = bool(xrun) and ks > 1
-    ngroup, glen = (ks * ks, ks * cin) if xrun else (ks ** 3, cin)
-    gpad = triton.next_power_of_2(glen)
+    cin_pad = triton.next_power_of_2(cin)
     if kb is None:
-        if gpad >= 16:
-            kb = min(128 if xrun else 64, gpad)
+        if cin_pad >= 16:
+            kb = min(64, cin_pad)
         else:
-            kb = max(16, min(128 if gpad == 4 else 32, triton.next_power_of_2(ngroup * gpad)))
+            kb = max(16, min(128 if cin_pad == 4 else 32, triton.next_power_of_2(ks ** 3 * cin_pad)))
     if kb < 16 or kb & (kb - 1):
         raise ValueError(f"kb must be a power of two >= 16, got {kb}")
-    k_total = ngroup * gpad
+    k_total = ks ** 3 * cin_pad
     nchunk = math.ceil(k_total / kb)
     bn = min(128, max(16, triton.next_power_of_2(cout)))
     wcols = math.ceil(cout / bn) * bn
     w = torch.zeros(nchunk * kb, wcols, dtype=torch.float32, device=weight.device)
-    # (COUT, CIN, kz, ky, kx) -> (group, j, COUT): tap-major (tap = (kz * k + ky) * k + kx, j = ci),
-    # or (kz * k + ky, j = kx * CIN + ci) for x runs -- both are the order (kz, ky, kx, ci)
-    wt = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ngroup, glen, cout)
-    view = w[:k_total].view(ngroup, gpad, wcols)
-    view[:, :glen, :cout] = wt
+    # (COUT, CIN, kz, ky, kx) -> (tap, CIN, COUT) with tap = (kz * k + ky) * k + kx
+    wt = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ks ** 3, cin, cout)
+    view = w[:k_total].view(ks ** 3, cin_pad, wcols)
+    view[:, :cin, :cout] = wt
     b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
     if bias is not None:
         b[:cout] = bias.detach().float()
-    return PackedConv(w.to(dtype).contiguous(), b, cin, cout, ks, stride, padding, gpad, xrun, kb, nchunk, bn)
+    return PackedConv(w.to(dtype).contiguous(), b, cin, cout, ks, stride, padding, cin_pad, kb, nchunk, bn)
 
 
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
@@ -244,7 +218,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     extra = {} if num_stages is None else {"num_stages": num_stages}
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                          do + 2, ho + 2, wo + 2, dip, hip, wip, xc, cin_offset,
-                         p.cin, p.cout, p.gpad, p.xrun, p.weight.shape[1],
+                         p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
                          osplit, gstride, num_warps=num_warps, **extra)
     return out
