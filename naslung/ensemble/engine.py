@@ -304,9 +304,8 @@ class TritonMember(nn.Module):
     ``fold_max_cin`` input channels (after the first) run as x-folded cuDNN 2D convs
     (:mod:`naslung.ensemble.fold`) plus one epilogue pass; the others as our implicit-GEMM kernel.
     A residual block is three convs (shortcut, conv1, conv2 with the shortcut added in its
-    epilogue). A CBAM is two launches, a folded conv and one pass: the conv before it accumulates
-    the channel sums and maxima, one launch runs the gate MLP, one writes the spatial descriptor,
-    cuDNN runs the gate conv, and one pass applies sigmoid and output.
+    epilogue). A CBAM is three passes and a conv: channel sum/max, the tiny MLP in PyTorch, the
+    spatial descriptor, the gate conv (folded), then sigmoid and output in one pass.
     Output: (1, N, K) fp32 probabilities, like :class:`GroupedMembers`.
     """
 
@@ -347,12 +346,11 @@ class TritonMember(nn.Module):
         except ValueError as e:
             raise _Unsupported(str(e)) from None
 
-    def conv(self, h: torch.Tensor, p, *, relu: bool = True, residual: torch.Tensor | None = None,
-             stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """One packed conv on a padded buffer, whichever way it was packed (``stats``: see ``kernels.conv3d``)."""
+    def conv(self, h: torch.Tensor, p, *, relu: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """One packed conv on a padded buffer, whichever way it was packed."""
         if isinstance(p, self.fold.FoldedConv):
-            return self.k.bias_act_pad(self.fold.folded_conv(h, p), p.bias, relu=relu, residual=residual, stats=stats)
-        return self.k.conv3d(h, p, relu=relu, residual=residual, stats=stats)
+            return self.k.bias_act_pad(self.fold.folded_conv(h, p), p.bias, relu=relu, residual=residual)
+        return self.k.conv3d(h, p, relu=relu, residual=residual)
 
     def _cbam(self, m: nn.Module):
         if isinstance(m, nn.Identity):
@@ -369,22 +367,19 @@ class TritonMember(nn.Module):
                 "relu": not isinstance(cg.act, nn.Identity), "gate": cg.gate,
                 "spatial": gate_conv, "naslung": m.variant == "naslung"}
 
-    def channel_gate(self, h: torch.Tensor, p: dict,
-                     stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h``, from its per-channel
-        (sum, max) when the conv that wrote ``h`` accumulated them, else from a pass over ``h``."""
+    def channel_gate(self, h: torch.Tensor, p: dict) -> torch.Tensor:
+        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h``."""
         n, dp, hp, wp, c = h.shape
         # CBAM inputs are ReLU outputs (>= 0) with a zero border, so reducing over the whole padded
         # buffer gives the interior's max, and its sum over the interior's voxel count the mean.
-        total, mx = stats if stats is not None else self.k.channel_stats(h)
+        total, mx = self.k.channel_stats(h)
         return self.k.channel_gate(total, mx, (dp - 2) * (hp - 2) * (wp - 2), p["fc1"], p["fc2"], relu=p["relu"],
                                    softmax=p["gate"] == "softmax")
 
-    def apply_cbam(self, h: torch.Tensor, p: dict | None,
-                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
         if p is None:
             return h
-        g = self.channel_gate(h, p, stats)
+        g = self.channel_gate(h, p)
         logits = self.fold.folded_conv(self.k.cbam_desc(h, g), p["spatial"], x_border=0)[..., 0]
         return self.k.cbam_apply(h, logits, g, naslung=p["naslung"])
 
@@ -393,20 +388,12 @@ class TritonMember(nn.Module):
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         """Everything after the first conv, whose padded output is ``h``."""
-        n = h.shape[0]
-
-        def stats_for(p, cbam):  # the conv before a CBAM accumulates the CBAM's channel statistics
-            return None if cbam is None else self.k.empty_stats(n, p.cout, h.device)
-
-        st = stats_for(self.stem[1], self.stem_cbam)
-        h = self.apply_cbam(self.conv(h, self.stem[1], stats=st), self.stem_cbam, st)
+        h = self.apply_cbam(self.conv(h, self.stem[1]), self.stem_cbam)
         for down, blocks, cbam in self.stages:
             h = self.conv(h, down)
-            st = None
-            for i, (short, c1, c2) in enumerate(blocks):
-                st = stats_for(c2, cbam) if i == len(blocks) - 1 else None
-                h = self.conv(self.conv(h, c1), c2, residual=self.conv(h, short), stats=st)
-            h = self.apply_cbam(h, cbam, st)
+            for short, c1, c2 in blocks:
+                h = self.conv(self.conv(h, c1), c2, residual=self.conv(h, short))
+            h = self.apply_cbam(h, cbam)
         emb = self.k.interior(h).mean(dim=(1, 2, 3), dtype=torch.float32)
         return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
 

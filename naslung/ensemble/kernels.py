@@ -1,8 +1,8 @@
-"""Triton kernels for the fast engine: 3D convolutions and CBAM's passes on padded NDHWC buffers.
+"""Triton kernels for the fast engine: 3D convolutions and the CBAM spatial gate on padded NDHWC.
 
 Why: cuDNN's 3D kernels run the 1-16-channel convolutions of these networks at a few percent of
 the memory floor (a 4->4 conv on 1024 crops of 32^3 took ~10 ms on an H100), and those small
-layers are most of a member's time.
+layers are most of a member's time. Both kernels here are memory-bound by design.
 
 **Layout.** Every activation is a channels-last buffer ``(N, D+2, H+2, W+2, C)`` whose one-voxel
 border is zero -- the zero padding of the next 3x3x3 conv is already in memory, so the kernels
@@ -15,15 +15,9 @@ included, so no buffer ever needs clearing.
 accumulation. The epilogue adds the folded-BN bias, applies ReLU and adds a residual -- so a
 residual block ``relu(conv2) + relu(shortcut)`` is two launches and no extra pass.
 
-**CBAM** in passes over memory, never per-tap gathers of the activation: the conv that writes a
-CBAM's input also accumulates its per-channel sums and maxima (``stats=``, atomics per tile), one
-launch runs the channel MLP (:func:`channel_gate`), :func:`cbam_desc` writes the 2-channel
-spatial descriptor, the gate's 3x3x3 (or 7x7x7) conv runs x-folded on cuDNN
-(:mod:`naslung.ensemble.fold`), and :func:`cbam_apply` applies the sigmoid and writes the
-block's output (``s * x + x`` for NAS-Lung's CBAM, ``s * g * x`` for the original).
-
-**Folded convs** (:mod:`naslung.ensemble.fold`) return unpadded outputs; :func:`bias_act_pad`
-adds bias, ReLU and residual and writes the padded buffer.
+**CBAM spatial gate** (:func:`cbam_spatial`): for each output voxel, max and mean over channels of
+the channel-gated input at every tap of the gate's kernel, the gate conv, the sigmoid, and the
+block's output (``s * x + x`` for NAS-Lung's CBAM, ``s * g * x`` for the original) in one pass.
 
 The same kernels run on CPU under Triton's interpreter (``TRITON_INTERPRET=1``, fp32), which is
 how the test suite checks them without a GPU.
@@ -80,29 +74,6 @@ def _zero_x_borders(out_ptr, pid, NLINES, WOP: tl.constexpr, LPB: tl.constexpr, 
     tl.store(out_ptr + first + step, zero, mask=ok)
 
 
-@triton.jit
-def _tile_stats(v, n, rows_ok, cols, cols_ok, sum_ptr, max_ptr, NB, C: tl.constexpr, NSPAN: tl.constexpr):
-    """Add a tile's per-(crop, channel) sums and maxima of ``v`` (rows ``rows_ok``) into the stats
-    buffers with atomics; a tile's rows span at most NSPAN consecutive crops."""
-    n0 = tl.min(tl.where(rows_ok, n, NB), axis=0)
-    for i in range(NSPAN):
-        nn = n0 + i
-        sel = (rows_ok & (n == nn))[:, None] & cols_ok[None, :]
-        ok = cols_ok & (nn < NB)
-        tl.atomic_add(sum_ptr + nn * C + cols, tl.sum(tl.where(sel, v, 0.0), axis=0), mask=ok)
-        tl.atomic_max(max_ptr + nn * C + cols, tl.max(tl.where(sel, v, float("-inf")), axis=0), mask=ok)
-
-
-def _nspan(lines_per_tile: int, lines_per_crop: int) -> int:
-    return triton.cdiv(max(lines_per_tile - 1, 0), lines_per_crop) + 1
-
-
-def empty_stats(n: int, c: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buffers (sum, max), fp32 (N, C), that a conv or epilogue with ``stats=`` accumulates into."""
-    return (torch.zeros((n, c), device=device, dtype=torch.float32),
-            torch.full((n, c), float("-inf"), device=device, dtype=torch.float32))
-
-
 def _tiling(out_w: int, block_m: int) -> tuple[int, int]:
     wo2 = triton.next_power_of_2(out_w)
     return wo2, max(1, block_m // wo2)
@@ -118,8 +89,7 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
                    BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr,
-                   OSPLIT: tl.constexpr, GSTRIDE, sum_ptr, max_ptr, NB, STATS: tl.constexpr,
-                   NSPAN: tl.constexpr):
+                   OSPLIT: tl.constexpr, GSTRIDE):
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB)
@@ -160,8 +130,6 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     acc = tl.where(inside[:, None], acc, 0.0)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
     _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, BN, pid_n * BN, OSPLIT, GSTRIDE)
-    if STATS:
-        _tile_stats(acc, n, inside, co, co < COUT, sum_ptr, max_ptr, NB, COUT, NSPAN)
 
 
 @dataclass
@@ -218,17 +186,14 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
 
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
-           cin_offset: int = 0, out_split: int | None = None,
-           stats: tuple[torch.Tensor, torch.Tensor] | None = None, block_m: int | None = None,
-           num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
+           cin_offset: int = 0, out_split: int | None = None, block_m: int | None = None, num_warps: int = 4,
+           num_stages: int | None = None) -> torch.Tensor:
     """Conv of a padded NDHWC buffer -> padded NDHWC buffer (bias, ReLU, + residual fused).
 
     ``cin_offset``: read input channels ``[cin_offset, cin_offset + p.cin)`` of ``x``.
     ``out_split``: write output channels in groups of this many to separate buffers, returned
     stacked as (cout / out_split, N, D+2, H+2, W+2, out_split) -- all members' first convs run as
-    one and each member gets its own contiguous buffer. ``stats``: (sum, max) buffers from
-    :func:`empty_stats` to accumulate the output's per-channel sums and maxima into (the CBAM that
-    follows needs them; one pass saved). ``block_m``: output voxels per program
+    one and each member gets its own contiguous buffer. ``block_m``: output voxels per program
     (default 256 for rows of 16 or more voxels, else 128: the H200 sweep's best).
     """
     n, dip, hip, wip, xc = x.shape
@@ -251,15 +216,11 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     nlines = n * (do + 2) * (ho + 2)
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     extra = {} if num_stages is None else {"num_stages": num_stages}
-    if stats is not None and (out_split is not None or stats[0].shape != (n, p.cout)):
-        raise ValueError(f"stats buffers must be ({n}, {p.cout}) and cannot be used with out_split")
-    s_sum, s_max = stats if stats is not None else (out, out)
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                          do + 2, ho + 2, wo + 2, dip, hip, wip, xc, cin_offset,
                          p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
-                         osplit, gstride, s_sum, s_max, n, stats is not None, _nspan(lpb, (do + 2) * (ho + 2)),
-                         num_warps=num_warps, **extra)
+                         osplit, gstride, num_warps=num_warps, **extra)
     return out
 
 
@@ -268,7 +229,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
 def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                          DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                          WO2: tl.constexpr, LPB: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-                         HAS_RES: tl.constexpr, sum_ptr, max_ptr, NB, STATS: tl.constexpr, NSPAN: tl.constexpr):
+                         HAS_RES: tl.constexpr):
     pid = tl.program_id(0)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
     ch = tl.arange(0, CP)
@@ -285,15 +246,13 @@ def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     v = tl.where(inside[:, None], v, 0.0)
     tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
     _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
-    if STATS:
-        _tile_stats(v, n, inside, ch, ch < C, sum_ptr, max_ptr, NB, C, NSPAN)
 
 
 def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = True,
-                 residual: torch.Tensor | None = None, stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 block_m: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, block_m: int | None = None,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Unpadded NDHWC ``y`` (a folded conv's raw output) -> padded buffer of ``relu(y + bias) + residual``
-    (in ``dtype``, default ``y``'s); ``stats`` as in :func:`conv3d`."""
+    (in ``dtype``, default ``y``'s)."""
     n, d, h, w, c = y.shape
     out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=dtype or y.dtype)
     if residual is not None and residual.shape != out.shape:
@@ -301,13 +260,9 @@ def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = Tru
     cp = triton.next_power_of_2(c)
     wo2, lpb = _tiling(w, block_m or max(1024 // cp, 1))
     nlines = n * (d + 2) * (h + 2)
-    if stats is not None and stats[0].shape != (n, c):
-        raise ValueError(f"stats buffers must be ({n}, {c})")
-    s_sum, s_max = stats if stats is not None else (out, out)
     _bias_act_pad_kernel[(triton.cdiv(nlines, lpb),)](
         y, bias if bias is not None else y, residual if residual is not None else out, out, nlines,
-        d + 2, h + 2, w + 2, c, cp, wo2, lpb, bias is not None, relu, residual is not None,
-        s_sum, s_max, n, stats is not None, _nspan(lpb, (d + 2) * (h + 2)))
+        d + 2, h + 2, w + 2, c, cp, wo2, lpb, bias is not None, relu, residual is not None)
     return out
 
 
@@ -347,7 +302,8 @@ def channel_stats(x: torch.Tensor, parts: int | None = None) -> tuple[torch.Tens
         parts = max(1, min(triton.cdiv(v, 4 * bv), triton.cdiv(1024, n)))
     chunk = triton.cdiv(triton.cdiv(v, parts), bv) * bv
     parts = triton.cdiv(v, chunk)
-    s, m = empty_stats(n, c, x.device)
+    s = torch.zeros((n, c), device=x.device, dtype=torch.float32)
+    m = torch.full((n, c), float("-inf"), device=x.device, dtype=torch.float32)
     _channel_stats_kernel[(n, parts)](x, s, m, v, chunk, c, cp, bv)
     return s, m
 
@@ -465,6 +421,75 @@ def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, nas
     nlines = n * dp * hp
     _cbam_apply_kernel[(triton.cdiv(nlines, lpb),)](x, logits.contiguous(), gate.float().contiguous(), out, nlines,
                                                      dp, hp, wp, c, cp, wo2, lpb, naslung)
+    return out
+
+
+# ----------------------------------------------------------------------------- CBAM spatial gate
+@triton.jit
+def _cbam_spatial_kernel(x_ptr, g_ptr, w_ptr, out_ptr, NLINES,
+                         DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
+                         C: tl.constexpr, CP: tl.constexpr, KS: tl.constexpr, WO2: tl.constexpr,
+                         LPB: tl.constexpr, NASLUNG: tl.constexpr):
+    pid = tl.program_id(0)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
+    ch = tl.arange(0, CP)
+    ch_ok = ch < C
+    g = tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=store_ok[:, None] & ch_ok[None, :], other=0.0)
+    acc = tl.zeros((LPB * WO2,), dtype=tl.float32)
+    center = ((n * DP + zp) * HP + yp) * WP + xo + 1
+    for tap in range(KS * KS * KS):
+        dz = tap // (KS * KS) - KS // 2
+        dy = (tap // KS) % KS - KS // 2
+        dx = tap % KS - KS // 2
+        off = (center + (dz * HP + dy) * WP + dx) * C
+        ok = inside
+        if KS // 2 > 1:  # wider than the one-voxel zero border: check the tap is inside
+            zz = zp + dz
+            yy = yp + dy
+            xx = xo + 1 + dx
+            ok = ok & (zz >= 1) & (zz < DP - 1) & (yy >= 1) & (yy < HP - 1) & (xx >= 1) & (xx < WP - 1)
+        mask = ok[:, None]
+        if C != CP:
+            mask = mask & ch_ok[None, :]
+        v = tl.load(x_ptr + off[:, None] + ch[None, :], mask=mask, other=0.0)
+        v = v.to(tl.float32) * g
+        if C != CP:
+            mx = tl.max(tl.where(ch_ok[None, :], v, float("-inf")), axis=1)
+        else:
+            mx = tl.max(v, axis=1)
+        mean = tl.sum(v, axis=1) / C
+        w_max = tl.load(w_ptr + tap)
+        w_mean = tl.load(w_ptr + KS * KS * KS + tap)
+        acc += tl.where(ok, w_max * mx + w_mean * mean, 0.0)
+    s = tl.sigmoid(acc)[:, None]
+    off = out_vox[:, None] * C + ch[None, :]
+    io_ok = store_ok[:, None] & ch_ok[None, :]
+    xc = tl.load(x_ptr + off, mask=io_ok, other=0.0).to(tl.float32)
+    if NASLUNG:
+        y = s * xc + xc
+    else:
+        y = s * g * xc
+    y = tl.where(inside[:, None], y, 0.0)
+    tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=io_ok)
+    _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+
+
+def cbam_spatial(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *, naslung: bool,
+                 block_m: int | None = None, num_warps: int = 4) -> torch.Tensor:
+    """CBAM's spatial half on a padded NDHWC buffer.
+
+    ``gate``: the channel gate (N, C) fp32; ``weight``: the spatial conv's (1, 2, k, k, k) weights
+    (channel 0 applies to the channel max, 1 to the mean).
+    """
+    n, dp, hp, wp, c = x.shape
+    ks = weight.shape[-1]
+    w = weight.detach().float().reshape(2, ks ** 3).contiguous()
+    cp = triton.next_power_of_2(c)
+    wo2, lpb = _tiling(wp - 2, block_m or (256 if cp <= 4 else 64))
+    out = torch.empty_like(x)
+    nlines = n * dp * hp
+    _cbam_spatial_kernel[(triton.cdiv(nlines, lpb),)](x, gate.float().contiguous(), w, out, nlines, dp, hp, wp, c,
+                                                       cp, ks, wo2, lpb, naslung, num_warps=num_warps)
     return out
 
 
