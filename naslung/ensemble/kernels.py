@@ -1,8 +1,8 @@
-"""Triton kernels for the fast engine: 3D convolutions and the CBAM spatial gate on padded NDHWC.
+"""Triton kernels for the fast engine: 3D convolutions and CBAM's passes on padded NDHWC buffers.
 
 Why: cuDNN's 3D kernels run the 1-16-channel convolutions of these networks at a few percent of
 the memory floor (a 4->4 conv on 1024 crops of 32^3 took ~10 ms on an H100), and those small
-layers are most of a member's time. Both kernels here are memory-bound by design.
+layers are most of a member's time.
 
 **Layout.** Every activation is a channels-last buffer ``(N, D+2, H+2, W+2, C)`` whose one-voxel
 border is zero -- the zero padding of the next 3x3x3 conv is already in memory, so the kernels
@@ -15,9 +15,14 @@ included, so no buffer ever needs clearing.
 accumulation. The epilogue adds the folded-BN bias, applies ReLU and adds a residual -- so a
 residual block ``relu(conv2) + relu(shortcut)`` is two launches and no extra pass.
 
-**CBAM spatial gate** (:func:`cbam_spatial`): for each output voxel, max and mean over channels of
-the channel-gated input at every tap of the gate's kernel, the gate conv, the sigmoid, and the
-block's output (``s * x + x`` for NAS-Lung's CBAM, ``s * g * x`` for the original) in one pass.
+**CBAM** in passes over memory, never per-tap gathers of the activation: :func:`channel_stats`
+(per-channel sums and maxima), one launch for the channel MLP (:func:`channel_gate`),
+:func:`cbam_desc` writes the 2-channel spatial descriptor, the gate's 3x3x3 (or 7x7x7) conv runs
+x-folded on cuDNN (:mod:`naslung.ensemble.fold`), and :func:`cbam_apply` applies the sigmoid and
+writes the block's output (``s * x + x`` for NAS-Lung's CBAM, ``s * g * x`` for the original).
+
+**Folded convs** (:mod:`naslung.ensemble.fold`) return unpadded outputs; :func:`bias_act_pad`
+adds bias, ReLU and residual and writes the padded buffer.
 
 The same kernels run on CPU under Triton's interpreter (``TRITON_INTERPRET=1``, fp32), which is
 how the test suite checks them without a GPU.
@@ -421,75 +426,6 @@ def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, nas
     nlines = n * dp * hp
     _cbam_apply_kernel[(triton.cdiv(nlines, lpb),)](x, logits.contiguous(), gate.float().contiguous(), out, nlines,
                                                      dp, hp, wp, c, cp, wo2, lpb, naslung)
-    return out
-
-
-# ----------------------------------------------------------------------------- CBAM spatial gate
-@triton.jit
-def _cbam_spatial_kernel(x_ptr, g_ptr, w_ptr, out_ptr, NLINES,
-                         DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
-                         C: tl.constexpr, CP: tl.constexpr, KS: tl.constexpr, WO2: tl.constexpr,
-                         LPB: tl.constexpr, NASLUNG: tl.constexpr):
-    pid = tl.program_id(0)
-    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
-    ch = tl.arange(0, CP)
-    ch_ok = ch < C
-    g = tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=store_ok[:, None] & ch_ok[None, :], other=0.0)
-    acc = tl.zeros((LPB * WO2,), dtype=tl.float32)
-    center = ((n * DP + zp) * HP + yp) * WP + xo + 1
-    for tap in range(KS * KS * KS):
-        dz = tap // (KS * KS) - KS // 2
-        dy = (tap // KS) % KS - KS // 2
-        dx = tap % KS - KS // 2
-        off = (center + (dz * HP + dy) * WP + dx) * C
-        ok = inside
-        if KS // 2 > 1:  # wider than the one-voxel zero border: check the tap is inside
-            zz = zp + dz
-            yy = yp + dy
-            xx = xo + 1 + dx
-            ok = ok & (zz >= 1) & (zz < DP - 1) & (yy >= 1) & (yy < HP - 1) & (xx >= 1) & (xx < WP - 1)
-        mask = ok[:, None]
-        if C != CP:
-            mask = mask & ch_ok[None, :]
-        v = tl.load(x_ptr + off[:, None] + ch[None, :], mask=mask, other=0.0)
-        v = v.to(tl.float32) * g
-        if C != CP:
-            mx = tl.max(tl.where(ch_ok[None, :], v, float("-inf")), axis=1)
-        else:
-            mx = tl.max(v, axis=1)
-        mean = tl.sum(v, axis=1) / C
-        w_max = tl.load(w_ptr + tap)
-        w_mean = tl.load(w_ptr + KS * KS * KS + tap)
-        acc += tl.where(ok, w_max * mx + w_mean * mean, 0.0)
-    s = tl.sigmoid(acc)[:, None]
-    off = out_vox[:, None] * C + ch[None, :]
-    io_ok = store_ok[:, None] & ch_ok[None, :]
-    xc = tl.load(x_ptr + off, mask=io_ok, other=0.0).to(tl.float32)
-    if NASLUNG:
-        y = s * xc + xc
-    else:
-        y = s * g * xc
-    y = tl.where(inside[:, None], y, 0.0)
-    tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=io_ok)
-    _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
-
-
-def cbam_spatial(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *, naslung: bool,
-                 block_m: int | None = None, num_warps: int = 4) -> torch.Tensor:
-    """CBAM's spatial half on a padded NDHWC buffer.
-
-    ``gate``: the channel gate (N, C) fp32; ``weight``: the spatial conv's (1, 2, k, k, k) weights
-    (channel 0 applies to the channel max, 1 to the mean).
-    """
-    n, dp, hp, wp, c = x.shape
-    ks = weight.shape[-1]
-    w = weight.detach().float().reshape(2, ks ** 3).contiguous()
-    cp = triton.next_power_of_2(c)
-    wo2, lpb = _tiling(wp - 2, block_m or (256 if cp <= 4 else 64))
-    out = torch.empty_like(x)
-    nlines = n * dp * hp
-    _cbam_spatial_kernel[(triton.cdiv(nlines, lpb),)](x, gate.float().contiguous(), w, out, nlines, dp, hp, wp, c,
-                                                       cp, ks, wo2, lpb, naslung, num_warps=num_warps)
     return out
 
 
