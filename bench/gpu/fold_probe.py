@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Probe: cuDNN 2D convs on depth-folded shapes (3D conv as a banded 2D conv), batch 1024, bf16.
+"""Probe: cuDNN 2D convs on x-folded shapes (a 3D conv as a banded 2D conv), batch 1024, bf16.
 
-Temporary measurement script for issue 5's next engine step; prints ms and TFLOP/s per shape.
+The measurement behind ``naslung/ensemble/fold.py`` (docs/measurements/2026-11-30b/run8_fold_probe.log):
+for each layer shape of the benchmark ensemble, the 2D conv cuDNN would run (with its bias and
+ReLU), its TFLOP/s, our Triton kernel on a few of the same layers, and a few torch passes.
+
+    python bench/gpu/fold_probe.py 1024
 """
 import sys
 from pathlib import Path
@@ -44,7 +48,7 @@ def triton_case(name, cin, cout, s, stride=1):
 def elementwise(name, shape, fn):
     x = torch.rand(*shape, device=dev).to(torch.bfloat16)
     ms = do_bench(lambda: fn(x), warmup=25, rep=100, return_mode="median")
-    print(f"{name:<34} {ms:7.3f} ms  ({x.numel() * 2 / ms / 1e9:.0f} GB/s of input)", flush=True)
+    print(f"{name:<34} {ms:7.3f} ms  ({x.numel() * 2 / ms / 1e6:.0f} GB/s of input)", flush=True)
 
 
 triton_case("stem1 4->4 (current)", 4, 4, 32)
