@@ -9,10 +9,11 @@ What it does, in order, and why:
    single-channel input, becomes one conv with ``M * w`` outputs, every later conv a grouped conv
    (``groups = M``), CBAM and heads batched with ``einsum``. Different architectures become groups
    of one, so the same code path serves every ensemble.
-3. **GPU, Triton backend (default)**: :class:`TritonMember` runs each member as launches of our
-   kernels (:mod:`naslung.ensemble.kernels`) on padded channels-last bf16 buffers -- cuDNN is
-   slow on these 1-16-channel 3D convs -- with all members' first convs as one launch, and
-   CUDA-graph replay per batch size so small batches are not launch-bound.
+3. **GPU, Triton backend (default)**: :class:`TritonMember` runs each member on padded
+   channels-last bf16 buffers -- cuDNN's 3D kernels are slow on these 1-16-channel convs -- as
+   our kernels (:mod:`naslung.ensemble.kernels`) plus, for convs with few input channels, 2D
+   cuDNN convs on the x-folded buffer (:mod:`naslung.ensemble.fold`); all members' first convs
+   as one launch, members on CUDA streams, CUDA-graph replay per batch size.
    **Torch backend**: bf16 activations and weights (heads and gates in fp32),
    ``channels_last_3d``, optionally ``torch.compile`` of the whole multi-member forward *once*
    (one compile per input shape -- never per member), CUDA graphs.
