@@ -38,7 +38,7 @@ import triton.language as tl
 
 
 # ----------------------------------------------------------------------------- tiling
-# Both kernels tile the output by *lines*: a program owns LPB consecutive padded (n, z, y) lines
+# The kernels that write padded buffers tile them by *lines*: a program owns LPB consecutive padded (n, z, y) lines
 # and, within each, the WO2 (power of two >= W) interior x positions, so a tap's loads over a
 # tile are runs of consecutive voxels (coalesced, and vectorised along x when the channel count
 # is 1). Border lines are written as zeros; each line's two x-border voxels too.
@@ -79,9 +79,23 @@ def _zero_x_borders(out_ptr, pid, NLINES, WOP: tl.constexpr, LPB: tl.constexpr, 
     tl.store(out_ptr + first + step, zero, mask=ok)
 
 
+@triton.jit
+def _unpadded_vox(n, zp, yp, xo, DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
+    """Index of padded voxel (n, zp, yp, xo + 1) in the unpadded (N, DP-2, HP-2, WP-2) grid."""
+    return ((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2) + xo
+
+
 def _tiling(out_w: int, block_m: int) -> tuple[int, int]:
     wo2 = triton.next_power_of_2(out_w)
     return wo2, max(1, block_m // wo2)
+
+
+def _pass_launch(n: int, dp: int, hp: int, w: int, c: int, block_m: int | None) -> tuple[int, int, int, int]:
+    """(channel block, WO2, LPB, grid size) of a one-pass kernel over a padded (n, dp, hp, w + 2, c)
+    output: about 1024 elements per program unless ``block_m`` voxels are asked for."""
+    cp = triton.next_power_of_2(c)
+    wo2, lpb = _tiling(w, block_m or max(1024 // cp, 1))
+    return cp, wo2, lpb, triton.cdiv(n * dp * hp, lpb)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -239,7 +253,7 @@ def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
     ch = tl.arange(0, CP)
     ch_ok = (ch < C)[None, :]
-    src = (((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2) + xo) * C
+    src = _unpadded_vox(n, zp, yp, xo, DP, HP, WP) * C
     v = tl.load(y_ptr + src[:, None] + ch[None, :], mask=inside[:, None] & ch_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         v += tl.load(b_ptr + ch, mask=ch < C, other=0.0)[None, :]
@@ -262,16 +276,14 @@ def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = Tru
     out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=dtype or y.dtype)
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
-    cp = triton.next_power_of_2(c)
-    wo2, lpb = _tiling(w, block_m or max(1024 // cp, 1))
-    nlines = n * (d + 2) * (h + 2)
-    _bias_act_pad_kernel[(triton.cdiv(nlines, lpb),)](
-        y, bias if bias is not None else y, residual if residual is not None else out, out, nlines,
+    cp, wo2, lpb, grid = _pass_launch(n, d + 2, h + 2, w, c, block_m)
+    _bias_act_pad_kernel[(grid,)](
+        y, bias if bias is not None else y, residual if residual is not None else out, out, n * (d + 2) * (h + 2),
         d + 2, h + 2, w + 2, c, cp, wo2, lpb, bias is not None, relu, residual is not None)
     return out
 
 
-# ----------------------------------------------------------------------------- CBAM in three passes
+# ----------------------------------------------------------------------------- CBAM as passes
 @triton.jit
 def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
     n = tl.program_id(0)
@@ -399,7 +411,7 @@ def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
     ch = tl.arange(0, CP)
     ch_ok = (ch < C)[None, :]
-    a_off = ((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2) + xo
+    a_off = _unpadded_vox(n, zp, yp, xo, DP, HP, WP)
     s = tl.sigmoid(tl.load(a_ptr + a_off, mask=inside, other=0.0).to(tl.float32))[:, None]
     off = out_vox[:, None] * C + ch[None, :]
     m2 = inside[:, None] & ch_ok
@@ -420,12 +432,10 @@ def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, nas
     n, dp, hp, wp, c = x.shape
     if logits.shape != (n, dp - 2, hp - 2, wp - 2):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match buffer {tuple(x.shape)}")
-    cp = triton.next_power_of_2(c)
-    wo2, lpb = _tiling(wp - 2, block_m or max(1024 // cp, 1))
+    cp, wo2, lpb, grid = _pass_launch(n, dp, hp, wp - 2, c, block_m)
     out = torch.empty_like(x)
-    nlines = n * dp * hp
-    _cbam_apply_kernel[(triton.cdiv(nlines, lpb),)](x, logits.contiguous(), gate.float().contiguous(), out, nlines,
-                                                     dp, hp, wp, c, cp, wo2, lpb, naslung)
+    _cbam_apply_kernel[(grid,)](x, logits.contiguous(), gate.float().contiguous(), out, n * dp * hp,
+                                dp, hp, wp, c, cp, wo2, lpb, naslung)
     return out
 
 
