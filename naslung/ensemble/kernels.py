@@ -103,7 +103,6 @@ def _pass_launch(n: int, dp: int, hp: int, w: int, c: int, block_m: int | None) 
 def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.constexpr,
                    DIP: tl.constexpr, HIP: tl.constexpr, WIP: tl.constexpr,
-                   XC: tl.constexpr, XOFF: tl.constexpr,
                    CIN: tl.constexpr, COUT: tl.constexpr, CIN_PAD: tl.constexpr, WCOLS: tl.constexpr,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
@@ -116,7 +115,7 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     zs = (zp - 1) * STRIDE + 1 - PAD
     ys = (yp - 1) * STRIDE + 1 - PAD
     xs = xo * STRIDE + 1 - PAD
-    base = (((n * DIP + zs) * HIP + ys) * WIP + xs) * XC + XOFF
+    base = (((n * DIP + zs) * HIP + ys) * WIP + xs) * CIN
     cols = tl.arange(0, KB)
     co = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((LPB * WO2, BN), dtype=tl.float32)
@@ -127,7 +126,7 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
         dz = tap // (KS * KS)
         dy = (tap // KS) % KS
         dx = tap % KS
-        col_off = ((dz * HIP + dy) * WIP + dx) * XC + ci
+        col_off = ((dz * HIP + dy) * WIP + dx) * CIN + ci
         mask = inside[:, None]
         if CIN != CIN_PAD:  # only then can a column be a padding channel (keeps loads vectorisable)
             mask = mask & (ci < CIN)[None, :]
@@ -205,19 +204,18 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
 
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
-           cin_offset: int = 0, out_split: int | None = None, block_m: int | None = None, num_warps: int = 4,
+           out_split: int | None = None, block_m: int | None = None, num_warps: int = 4,
            num_stages: int | None = None) -> torch.Tensor:
     """Conv of a padded NDHWC buffer -> padded NDHWC buffer (bias, ReLU, + residual fused).
 
-    ``cin_offset``: read input channels ``[cin_offset, cin_offset + p.cin)`` of ``x``.
     ``out_split``: write output channels in groups of this many to separate buffers, returned
     stacked as (cout / out_split, N, D+2, H+2, W+2, out_split) -- all members' first convs run as
     one and each member gets its own contiguous buffer. ``block_m``: output voxels per program
     (default 256 for rows of 16 or more voxels, else 128: the H200 sweep's best).
     """
     n, dip, hip, wip, xc = x.shape
-    if cin_offset < 0 or cin_offset + p.cin > xc:
-        raise ValueError(f"conv reads channels {cin_offset}..{cin_offset + p.cin - 1}, input has {xc}")
+    if xc != p.cin:
+        raise ValueError(f"conv expects {p.cin} input channels, buffer has {xc}")
     d, h, w = dip - 2, hip - 2, wip - 2
     do, ho, wo = ((s + 2 * p.pad - p.ks) // p.stride + 1 for s in (d, h, w))
     padded = (n, do + 2, ho + 2, wo + 2)
@@ -236,7 +234,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     extra = {} if num_stages is None else {"num_stages": num_stages}
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
-                         do + 2, ho + 2, wo + 2, dip, hip, wip, xc, cin_offset,
+                         do + 2, ho + 2, wo + 2, dip, hip, wip,
                          p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
                          osplit, gstride, num_warps=num_warps, **extra)
