@@ -44,10 +44,11 @@ import triton.language as tl
 # is 1). Border lines are written as zeros; each line's two x-border voxels too.
 @triton.jit
 def _line_rows(pid, NLINES, DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.constexpr, WO2: tl.constexpr,
-               LPB: tl.constexpr):
-    i = tl.arange(0, LPB * WO2)
-    xo = i % WO2
-    line = pid * LPB + i // WO2
+               LPB: tl.constexpr, XB: tl.constexpr = 1):
+    """Rows of a program's tile: each is XB consecutive output voxels of a line, starting at ``xo``."""
+    i = tl.arange(0, LPB * (WO2 // XB))
+    xo = (i % (WO2 // XB)) * XB
+    line = pid * LPB + i // (WO2 // XB)
     yp = line % HOP
     t = line // HOP
     zp = t % DOP
@@ -98,6 +99,23 @@ def _pass_launch(n: int, dp: int, hp: int, w: int, c: int, block_m: int | None) 
     return cp, wo2, lpb, triton.cdiv(n * dp * hp, lpb)
 
 
+@triton.jit
+def _shortcut_term(sx_ptr, sw_ptr, sb_ptr, vox, row_ok, lim, co, WCOLS: tl.constexpr, XB: tl.constexpr,
+                   SC_CIN: tl.constexpr, SC_KB: tl.constexpr, RAGGED: tl.constexpr):
+    """``relu(1x1 conv + bias)`` of a residual block's shortcut, in the caller's output columns:
+    each row's XB voxels from padded voxel ``vox`` of the block input (weight block-diagonal when
+    XB > 1; ``lim``: the row's valid elements when its line ends inside it)."""
+    j = tl.arange(0, SC_KB)
+    m = row_ok[:, None]
+    if SC_KB != XB * SC_CIN:
+        m = m & (j < XB * SC_CIN)[None, :]
+    if RAGGED:
+        m = m & (j[None, :] < lim[:, None])
+    a = tl.load(sx_ptr + vox[:, None] * SC_CIN + j[None, :], mask=m, other=0.0)
+    w = tl.load(sw_ptr + j[:, None] * WCOLS + co[None, :])
+    return tl.maximum(tl.dot(a, w) + tl.load(sb_ptr + co)[None, :], 0.0)
+
+
 # ----------------------------------------------------------------------------- convolution
 @triton.jit
 def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
@@ -107,7 +125,8 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
                    BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr,
-                   OSPLIT: tl.constexpr, GSTRIDE):
+                   OSPLIT: tl.constexpr, GSTRIDE, sx_ptr, sw_ptr, sb_ptr, HAS_SC: tl.constexpr,
+                   SC_CIN: tl.constexpr, SC_KB: tl.constexpr):
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB)
@@ -145,9 +164,62 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     out_ok = store_ok[:, None] & (co < COUT)[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + out_off, mask=out_ok & inside[:, None], other=0.0).to(tl.float32)
+    if HAS_SC:
+        acc += _shortcut_term(sx_ptr, sw_ptr, sb_ptr, out_vox, inside, xo, co, WCOLS, 1, SC_CIN, SC_KB, False)
     acc = tl.where(inside[:, None], acc, 0.0)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
     _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, BN, pid_n * BN, OSPLIT, GSTRIDE)
+
+
+@triton.jit
+def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
+                        DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.constexpr,
+                        DIP: tl.constexpr, HIP: tl.constexpr, WIP: tl.constexpr,
+                        CIN: tl.constexpr, COUT: tl.constexpr, WCOLS: tl.constexpr, KS: tl.constexpr,
+                        XB: tl.constexpr, KB: tl.constexpr, NSUB: tl.constexpr, WO2: tl.constexpr,
+                        LPB: tl.constexpr, BN: tl.constexpr, CP: tl.constexpr, RELU: tl.constexpr,
+                        HAS_RES: tl.constexpr, sx_ptr, sw_ptr, sb_ptr, HAS_SC: tl.constexpr,
+                        SC_CIN: tl.constexpr, SC_KB: tl.constexpr):
+    """Stride-1 'same' conv, a tile row = XB output voxels of a line: per (dz, dy) one contiguous
+    run of XB + KS - 1 input voxels times a banded weight (columns (xo, co)), so each input voxel
+    is fetched 9 (XB + 2) / XB times instead of 27."""
+    pid = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB, XB)
+    RUN: tl.constexpr = (XB + KS - 1) * CIN  # elements of one run
+    base = (((n * DIP + zp - KS // 2) * HIP + yp - KS // 2) * WIP + xo + 1 - KS // 2) * CIN
+    cols = tl.arange(0, KB)
+    co = pid_n * BN + tl.arange(0, BN)  # output column: (voxel of the row, channel)
+    acc = tl.zeros((LPB * (WO2 // XB), BN), dtype=tl.float32)
+    RAGGED: tl.constexpr = (WOP - 2) % XB != 0  # the last row of a line runs past the line's end
+    for c in range(KS * KS * NSUB):
+        j = (c % NSUB) * KB + cols
+        tap = c // NSUB
+        off = ((tap // KS) * HIP + tap % KS) * WIP * CIN + j
+        mask = inside[:, None]
+        if NSUB * KB != RUN:
+            mask = mask & (j < RUN)[None, :]
+        if RAGGED:
+            mask = mask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
+        a = tl.load(x_ptr + base[:, None] + off[None, :], mask=mask, other=0.0)
+        w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
+        acc += tl.dot(a, w)
+    acc += tl.load(b_ptr + co)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    out_off = out_vox[:, None] * COUT + co[None, :]
+    out_ok = store_ok[:, None] & (co < XB * COUT)[None, :]
+    if RAGGED:
+        out_ok = out_ok & (xo[:, None] + (co // COUT)[None, :] < WOP - 2)
+    if HAS_RES:
+        acc += tl.load(res_ptr + out_off, mask=out_ok & inside[:, None], other=0.0).to(tl.float32)
+    if HAS_SC:
+        acc += _shortcut_term(sx_ptr, sw_ptr, sb_ptr, out_vox, inside, (WOP - 2 - xo) * SC_CIN, co, WCOLS, XB,
+                              SC_CIN, SC_KB, RAGGED)
+    acc = tl.where(inside[:, None], acc, 0.0)
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
+    if pid_n == 0:
+        _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, CP, 0)
 
 
 @dataclass
@@ -163,27 +235,35 @@ class PackedConv:
     pad: int
     cin_pad: int
     kb: int
-    nchunk: int
+    nchunk: int  # reduction chunks (x-run kernel: chunks per (dz, dy) run)
     bn: int
+    xb: int = 1  # output voxels per tile row (> 1: the x-run kernel, weight banded along x)
+    # launch parameters (None: conv3d's defaults); see conv3d
+    block_m: int | None = None
+    num_warps: int = 4
+    num_stages: int | None = None
 
 
 def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-              dtype: torch.dtype, kb: int | None = None) -> PackedConv:
+              dtype: torch.dtype, kb: int | None = None, xb: int = 1) -> PackedConv:
     """Pack a cubic-kernel conv ``weight`` (COUT, CIN, k, k, k) for :func:`conv3d`.
 
     ``kb``: reduction chunk (a power of two >= 16); by default 128 for 4 channels, 32 for 1, 2 and 8
-    (several taps per chunk), else min(64, channels) -- the fastest of 16..128 measured on an
-    H200 (docs/benchmarks.md).
+    (several taps per chunk), else min(64, channels), doubled for strided convs -- the fastest of
+    16..128 measured on an H200 (docs/benchmarks.md). ``xb`` > 1 (a power of two; 3x3x3 stride-1 convs only) packs for
+    the x-run kernel: tile rows of ``xb`` output voxels, the weight banded along x.
     """
     cout, cin, kd, kh, kw = weight.shape
     if not kd == kh == kw or kd % 2 == 0 or padding != kd // 2 or padding > 1:
         raise ValueError(f"conv3d kernel supports 1x1x1 and 3x3x3 'same'-padded kernels, got {tuple(weight.shape)} "
                          f"padding {padding}")
     ks = kd
+    if xb != 1:
+        return _pack_xrun(weight, bias, stride, dtype, xb, kb)
     cin_pad = triton.next_power_of_2(cin)
     if kb is None:
         if cin_pad >= 16:
-            kb = min(64, cin_pad)
+            kb = min(64, cin_pad * (2 if stride == 2 else 1))  # strided 16->16: 0.095 vs 0.123 ms at kb 16
         else:
             kb = max(16, min(128 if cin_pad == 4 else 32, triton.next_power_of_2(ks ** 3 * cin_pad)))
     if kb < 16 or kb & (kb - 1):
@@ -203,15 +283,90 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
     return PackedConv(w.to(dtype).contiguous(), b, cin, cout, ks, stride, padding, cin_pad, kb, nchunk, bn)
 
 
+def _pack_xrun(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dtype: torch.dtype, xb: int,
+               kb: int | None) -> PackedConv:
+    """Rows ``(dz * k + dy) * nsub * kb + xi * cin + ci``, columns ``xo * cout + co``:
+    ``W[co, ci, dz, dy, xi - xo]`` where ``0 <= xi - xo < k``, else zero."""
+    cout, cin, ks = weight.shape[0], weight.shape[1], weight.shape[-1]
+    if ks != 3 or stride != 1 or xb < 2 or xb & (xb - 1):
+        raise ValueError(f"the x-run kernel takes 3x3x3 stride-1 convs and xb a power of two >= 2, got kernel {ks}, "
+                         f"stride {stride}, xb {xb}")
+    run = (xb + ks - 1) * cin
+    kb = kb or max(16, min(128, triton.next_power_of_2(run)))
+    nsub = math.ceil(run / kb)
+    ncols = xb * cout
+    bn = min(128, max(16, triton.next_power_of_2(ncols)))
+    wcols = math.ceil(ncols / bn) * bn
+    w = torch.zeros(ks * ks, nsub * kb, wcols, dtype=torch.float32, device=weight.device)
+    wf = weight.detach().float()
+    for dz in range(ks):
+        for dy in range(ks):
+            for xo in range(xb):
+                for dx in range(ks):
+                    xi = xo + dx
+                    w[dz * ks + dy, xi * cin:(xi + 1) * cin, xo * cout:(xo + 1) * cout] = wf[:, :, dz, dy, dx].T
+    b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
+    if bias is not None:
+        b[:ncols] = bias.detach().float().repeat(xb)
+    return PackedConv(w.reshape(ks * ks * nsub * kb, wcols).to(dtype).contiguous(), b, cin, cout, ks, 1, 1,
+                      cin, kb, nsub, bn, xb=xb)
+
+
+@dataclass
+class PackedShortcut:
+    """A residual block's 1x1 shortcut conv laid out for the epilogue of the conv (or folded conv)
+    that closes the block: rows ``xo * cin + ci``, the consumer's output columns."""
+
+    weight: torch.Tensor  # (kb, wcols)
+    bias: torch.Tensor  # (wcols,) fp32
+    cin: int
+    kb: int
+    xb: int
+
+
+def pack_shortcut(weight: torch.Tensor, bias: torch.Tensor | None, xb: int, wcols: int,
+                  dtype: torch.dtype) -> PackedShortcut:
+    """Pack a 1x1x1 conv ``weight`` (COUT, CIN, 1, 1, 1) for a consumer whose tile rows hold ``xb``
+    voxels and whose weight has ``wcols`` columns ``xo * cout + co``."""
+    cout, cin = weight.shape[:2]
+    if tuple(weight.shape[2:]) != (1, 1, 1) or xb * cout > wcols:
+        raise ValueError(f"a fused shortcut must be a 1x1x1 conv fitting {wcols} columns, got {tuple(weight.shape)} "
+                         f"for rows of {xb}")
+    kb = max(16, triton.next_power_of_2(xb * cin))
+    w = torch.zeros(kb, wcols, dtype=torch.float32, device=weight.device)
+    wt = weight.detach().float()[:, :, 0, 0, 0].T
+    b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
+    for xo in range(xb):
+        w[xo * cin:(xo + 1) * cin, xo * cout:(xo + 1) * cout] = wt
+        if bias is not None:
+            b[xo * cout:(xo + 1) * cout] = bias.detach().float()
+    return PackedShortcut(w.to(dtype).contiguous(), b, cin, kb, xb)
+
+
+def _shortcut_args(shortcut, out_shape: tuple, xb: int, wcols: int) -> tuple:
+    """Kernel arguments (input, weight, bias, on, cin, kb) for an optional fused shortcut."""
+    if shortcut is None:
+        return None, None, None, False, 1, 16
+    h, ps = shortcut
+    if tuple(h.shape) != (*out_shape[:-1], ps.cin) or ps.xb != xb or ps.weight.shape[1] != wcols:
+        raise ValueError(f"shortcut input {tuple(h.shape)} (packed for rows of {ps.xb}, {ps.weight.shape[1]} columns) "
+                         f"does not fit an output {tuple(out_shape)} with rows of {xb}, {wcols} columns")
+    return h, ps.weight, ps.bias, True, ps.cin, ps.kb
+
+
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
-           out_split: int | None = None, block_m: int | None = None, num_warps: int = 4,
+           shortcut: tuple[torch.Tensor, PackedShortcut] | None = None,
+           out_split: int | None = None, block_m: int | None = None, num_warps: int | None = None,
            num_stages: int | None = None) -> torch.Tensor:
     """Conv of a padded NDHWC buffer -> padded NDHWC buffer (bias, ReLU, + residual fused).
 
     ``out_split``: write output channels in groups of this many to separate buffers, returned
     stacked as (cout / out_split, N, D+2, H+2, W+2, out_split) -- all members' first convs run as
-    one and each member gets its own contiguous buffer. ``block_m``: output voxels per program
-    (default 256 for rows of 16 or more voxels, else 128: the H200 sweep's best).
+    one and each member gets its own contiguous buffer. ``shortcut``: (block input, packed 1x1
+    conv) -- adds ``relu(shortcut(input))`` in the epilogue, so a residual block needs no separate
+    shortcut launch. ``block_m``: output voxels per program
+    (default 256 for rows of 16 or more voxels, else 128: the H200 sweep's best). ``block_m``,
+    ``num_warps`` and ``num_stages`` default to the packed conv's.
     """
     n, dip, hip, wip, xc = x.shape
     if xc != p.cin:
@@ -229,15 +384,30 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
         osplit, gstride = 0, 0
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
-    wo2, lpb = _tiling(wo, block_m or (256 if wo >= 16 else 128))
+    if shortcut is not None and (out_split is not None or residual is not None):
+        raise ValueError("a fused shortcut replaces the residual and needs an unsplit output")
+    sx, sw, sb, has_sc, sc_cin, sc_kb = _shortcut_args(shortcut, tuple(out.shape), p.xb, p.weight.shape[1])
+    block_m = block_m or p.block_m or (256 if wo >= 16 else 128)
+    num_warps = num_warps or p.num_warps
+    num_stages = num_stages or p.num_stages
+    wo2, lpb = _tiling(max(wo, p.xb), block_m)
     nlines = n * (do + 2) * (ho + 2)
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     extra = {} if num_stages is None else {"num_stages": num_stages}
+    if p.xb > 1:
+        if out_split is not None:
+            raise ValueError("the x-run kernel does not split its output")
+        _conv3d_xrun_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
+                                  do + 2, ho + 2, wo + 2, dip, hip, wip, p.cin, p.cout, p.weight.shape[1], p.ks,
+                                  p.xb, p.kb, p.nchunk, wo2, lpb, p.bn, triton.next_power_of_2(p.cout), relu,
+                                  residual is not None, sx, sw, sb, has_sc, sc_cin, sc_kb,
+                                  num_warps=num_warps, **extra)
+        return out
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                          do + 2, ho + 2, wo + 2, dip, hip, wip,
                          p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
-                         osplit, gstride, num_warps=num_warps, **extra)
+                         osplit, gstride, sx, sw, sb, has_sc, sc_cin, sc_kb, num_warps=num_warps, **extra)
     return out
 
 
@@ -246,7 +416,8 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
 def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                          DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                          WO2: tl.constexpr, LPB: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-                         HAS_RES: tl.constexpr):
+                         HAS_RES: tl.constexpr, sx_ptr, sw_ptr, sb_ptr, HAS_SC: tl.constexpr, SC_CIN: tl.constexpr,
+                         SC_KB: tl.constexpr, sum_ptr, max_ptr, STATS: tl.constexpr, NSPAN: tl.constexpr):
     pid = tl.program_id(0)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
     ch = tl.arange(0, CP)
@@ -260,25 +431,58 @@ def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     off = out_vox[:, None] * C + ch[None, :]
     if HAS_RES:
         v += tl.load(res_ptr + off, mask=inside[:, None] & ch_ok, other=0.0).to(tl.float32)
+    if HAS_SC:
+        v += _shortcut_term(sx_ptr, sw_ptr, sb_ptr, out_vox, inside, xo, ch, CP, 1, SC_CIN, SC_KB, False)
     v = tl.where(inside[:, None], v, 0.0)
     tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
     _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+    if STATS:  # CBAM's per-crop channel sums and maxima (outputs >= 0, so 0 is max's identity here)
+        n0 = (pid * LPB) // (DP * HP)
+        crops = NLINES // (DP * HP)
+        for k in tl.static_range(NSPAN):  # the crops this program's lines belong to
+            sel = (n == n0 + k)[:, None] & ch_ok
+            ok = (ch < C) & (n0 + k < crops)
+            tl.atomic_add(sum_ptr + (n0 + k) * C + ch, tl.sum(tl.where(sel, v, 0.0), axis=0), mask=ok)
+            tl.atomic_max(max_ptr + (n0 + k) * C + ch, tl.max(tl.where(sel, v, 0.0), axis=0), mask=ok)
 
 
 def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = True,
-                 residual: torch.Tensor | None = None, block_m: int | None = None,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, shortcut: tuple[torch.Tensor, PackedShortcut] | None = None,
+                 stats: bool = False, block_m: int | None = None, dtype: torch.dtype | None = None):
     """Unpadded NDHWC ``y`` (a folded conv's raw output) -> padded buffer of ``relu(y + bias) + residual``
-    (in ``dtype``, default ``y``'s)."""
+    (in ``dtype``, default ``y``'s). ``shortcut``: (block input, 1x1 conv packed for
+    ``shortcut_columns(C)`` columns) adds ``relu(shortcut(input))`` instead of a residual. With
+    ``stats``, returns ``(out, (sums, maxima))``: CBAM's per-crop channel statistics (fp32, (N, C))
+    gathered on the way, saving :func:`channel_stats`' pass (needs ``relu``: maxima assume outputs >= 0)."""
     n, d, h, w, c = y.shape
     out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=dtype or y.dtype)
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
-    cp, wo2, lpb, grid = _pass_launch(n, d + 2, h + 2, w, c, block_m)
+    if stats and not relu:
+        raise ValueError("epilogue statistics need ReLU outputs")
+    if shortcut is not None:
+        if residual is not None:
+            raise ValueError("a fused shortcut replaces the residual")
+        cols = shortcut_columns(c)
+        block_m = block_m or max(16, 1024 // cols)
+    else:
+        cols = triton.next_power_of_2(c)
+    sx, sw, sb, has_sc, sc_cin, sc_kb = _shortcut_args(shortcut, tuple(out.shape), 1, cols)
+    _, wo2, lpb, grid = _pass_launch(n, d + 2, h + 2, w, cols, block_m)
+    s = m = None
+    if stats:
+        s = torch.zeros((n, c), device=y.device, dtype=torch.float32)
+        m = torch.zeros((n, c), device=y.device, dtype=torch.float32)
     _bias_act_pad_kernel[(grid,)](
         y, bias if bias is not None else y, residual if residual is not None else out, out, n * (d + 2) * (h + 2),
-        d + 2, h + 2, w + 2, c, cp, wo2, lpb, bias is not None, relu, residual is not None)
-    return out
+        d + 2, h + 2, w + 2, c, cols, wo2, lpb, bias is not None, relu, residual is not None,
+        sx, sw, sb, has_sc, sc_cin, sc_kb, s, m, stats, triton.cdiv(lpb, (d + 2) * (h + 2)) + 1)
+    return (out, (s, m)) if stats else out
+
+
+def shortcut_columns(channels: int) -> int:
+    """Columns a shortcut fused into :func:`bias_act_pad` is packed for (``pack_shortcut(..., xb=1, wcols=...)``)."""
+    return max(16, triton.next_power_of_2(channels))
 
 
 # ----------------------------------------------------------------------------- CBAM as passes

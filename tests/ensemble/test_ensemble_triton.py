@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 CASES = Path(__file__).with_name("triton_interp_cases.py")
 
 
-@pytest.mark.parametrize("case", ["conv", "split", "fold", "cbam", "engine"])
+@pytest.mark.parametrize("case", ["conv", "split", "xrun", "shortcut", "fold", "cbam", "engine"])
 def test_triton_kernels_match_pytorch_under_the_interpreter(case):
     # NumPy >= 2.4 rejects what 2.3 only warns about (an array used as a loop bound in the interpreter)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="error::DeprecationWarning")

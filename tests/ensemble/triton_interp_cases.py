@@ -1,7 +1,7 @@
 """Cases for test_ensemble_triton.py, run in a child process with TRITON_INTERPRET=1 (Triton reads it
 at import, so the parent test process cannot switch it on for itself). Exits non-zero on failure.
 
-    TRITON_INTERPRET=1 python tests/ensemble/triton_interp_cases.py conv|cbam|engine
+    TRITON_INTERPRET=1 python tests/ensemble/triton_interp_cases.py conv|split|xrun|shortcut|fold|cbam|engine
 """
 from __future__ import annotations
 
@@ -83,6 +83,78 @@ def case_split() -> None:
     print("split ok")
 
 
+def case_xrun() -> None:
+    """The 2-/4-/8-voxel-row kernel (banded weight along x) == conv3d: widths that are not a
+    multiple of the row (ragged last row), several column tiles, residual, padded channel counts."""
+    g = torch.Generator().manual_seed(3)
+    for cin, cout, size, xb, res in [(16, 16, 4, 2, True), (8, 16, (3, 4, 5), 2, False), (4, 8, (3, 3, 5), 4, True),
+                                     (3, 5, (2, 3, 3), 4, False), (64, 128, 2, 2, True), (16, 8, 3, 8, False)]:
+        d, h, w = size if isinstance(size, tuple) else (size,) * 3
+        x = torch.rand(2, cin, d, h, w, generator=g) - 0.3
+        wt = torch.randn(cout, cin, 3, 3, 3, generator=g) * 0.3
+        b = torch.randn(cout, generator=g)
+        ref = torch.relu(F.conv3d(x, wt, b, 1, 1))
+        r = torch.rand(ref.shape, generator=g) if res else None
+        p = K.pack_conv(wt, b, 1, 1, torch.float32, xb=xb)
+        assert p.xb == xb
+        out = K.conv3d(_padded(x), p, residual=None if r is None else _padded(r))
+        _check_border_zero(out)
+        got = K.interior(out).permute(0, 4, 1, 2, 3)
+        err = (got - (ref if r is None else ref + r)).abs().max().item()
+        assert got.shape == ref.shape and err < 1e-4, (cin, cout, size, xb, err)
+    wt = torch.randn(4, 4, 3, 3, 3, generator=g)
+    _each_raises_value_error(lambda: K.pack_conv(wt, None, 2, 1, torch.float32, xb=2),  # strided
+                             lambda: K.pack_conv(wt, None, 1, 1, torch.float32, xb=3),  # not a power of two
+                             lambda: K.pack_conv(torch.randn(4, 4, 1, 1, 1), None, 1, 0, torch.float32, xb=2),
+                             lambda: K.conv3d(_padded(torch.rand(1, 4, 4, 4, 4)),
+                                              K.pack_conv(wt, None, 1, 1, torch.float32, xb=2), out_split=2))
+    print("xrun ok")
+
+
+def case_shortcut() -> None:
+    """A residual block's 1x1 shortcut fused into the closing conv's epilogue (rows of 1, 2, 4
+    voxels, ragged widths) and into the folded conv's epilogue, which also gathers CBAM's channel
+    statistics (programs spanning several crops)."""
+    from naslung.ensemble import fold
+
+    g = torch.Generator().manual_seed(4)
+
+    def block(cin, cout, cs, size, n=2):
+        d, h, w = size if isinstance(size, tuple) else (size,) * 3
+        hin, y = torch.relu(torch.randn(n, cs, d, h, w, generator=g)), torch.rand(n, cin, d, h, w, generator=g)
+        wt, b = torch.randn(cout, cin, 3, 3, 3, generator=g) * 0.3, torch.randn(cout, generator=g)
+        ws, bs = torch.randn(cout, cs, 1, 1, 1, generator=g), torch.randn(cout, generator=g)
+        ref = torch.relu(F.conv3d(y, wt, b, 1, 1)) + torch.relu(F.conv3d(hin, ws, bs))
+        return hin, y, wt, b, ws, bs, ref
+
+    for cin, cout, cs, size, xb in [(16, 16, 8, 4, 1), (16, 16, 8, (3, 4, 5), 2), (8, 32, 16, (3, 3, 6), 4),
+                                    (3, 5, 7, (3, 4, 5), 1)]:
+        hin, y, wt, b, ws, bs, ref = block(cin, cout, cs, size)
+        p = K.pack_conv(wt, b, 1, 1, torch.float32, xb=xb)
+        out = K.conv3d(_padded(y), p, shortcut=(_padded(hin), K.pack_shortcut(ws, bs, xb, p.weight.shape[1],
+                                                                                torch.float32)))
+        _check_border_zero(out)
+        err = (K.interior(out).permute(0, 4, 1, 2, 3) - ref).abs().max().item()
+        assert err < 1e-4, (cin, cout, cs, size, xb, err)
+    for cin, cout, cs, size, n in [(4, 4, 4, (3, 4, 5), 3), (8, 16, 8, 4, 7), (32, 32, 16, 2, 3)]:
+        hin, y, wt, b, ws, bs, ref = block(cin, cout, cs, size, n)
+        fc = fold.pack_folded(wt, b, 1, 1, torch.float32)
+        ps = K.pack_shortcut(ws, bs, 1, K.shortcut_columns(cout), torch.float32)
+        out, (total, mx) = K.bias_act_pad(fold.folded_conv(_padded(y), fc), fc.bias, shortcut=(_padded(hin), ps),
+                                          stats=True)
+        _check_border_zero(out)
+        assert (K.interior(out).permute(0, 4, 1, 2, 3) - ref).abs().max().item() < 1e-4, (cin, cout, size)
+        assert torch.allclose(total, ref.sum(dim=(2, 3, 4)), rtol=1e-5, atol=1e-3), "epilogue channel sums"
+        assert torch.allclose(mx, ref.amax(dim=(2, 3, 4)), atol=1e-5), "epilogue channel maxima"
+    hin, y, wt, b, ws, bs, ref = block(4, 4, 4, 3)
+    ps = K.pack_shortcut(ws, bs, 2, 16, torch.float32)
+    _each_raises_value_error(
+        lambda: K.conv3d(_padded(y), K.pack_conv(wt, b, 1, 1, torch.float32), shortcut=(_padded(hin), ps)),  # rows
+        lambda: K.pack_shortcut(torch.randn(4, 4, 3, 3, 3), None, 1, 16, torch.float32),  # not 1x1x1
+        lambda: K.bias_act_pad(torch.rand(1, 3, 3, 3, 4), None, relu=False, stats=True))  # maxima need ReLU
+    print("shortcut ok")
+
+
 def case_fold() -> None:
     """x-folded cuDNN-style 2D convs + the bias/ReLU/residual/padding epilogue == conv3d."""
     from naslung.ensemble import fold
@@ -159,14 +231,20 @@ def case_engine() -> None:
         models.append(m.eval())
     ens = Ensemble(models, names=[c.name for c in cfgs], configs=cfgs, rule="mean")
     x = torch.rand(3, 1, 8, 8, 8)
-    # all few-channel convs folded (the default) and none folded
-    for fold_max_cin in (8, 0):
-        fast = FastEnsemble(ens, "cpu", backend="triton", fold_max_cin=fold_max_cin)
+    # the default plan (folded, 2-voxel rows and one-voxel rows mixed), no 2-voxel rows, nothing folded
+    for fold_max_cin, xrun, fused in ((8, True, True), (8, True, False), (8, False, True), (0, False, True)):
+        fast = FastEnsemble(ens, "cpu", backend="triton", fold_max_cin=fold_max_cin, xrun=xrun,
+                            fuse_shortcut=fused, epilogue_stats=fused)
         assert fast.backend == "triton" and fast._shared_stem is not None
         err = (fast.member_proba(x) - ens.member_proba(x)).abs().max().item()
-        assert err < 1e-5, (fold_max_cin, err)
+        assert err < 1e-5, (fold_max_cin, xrun, fused, err)
         err = (fast.predict_proba(x) - ens.predict_proba(x)).abs().max().item()
-        assert err < 1e-5, (fold_max_cin, err)
+        assert err < 1e-5, (fold_max_cin, xrun, fused, err)
+        used = {type(p).__name__ + str(getattr(p, "xb", "")) for _, m in fast.groups for c in _member_convs(m)
+                for p in c._packed.values()}
+        expect = {(8, True): {"FoldedConv", "PackedConv1", "PackedConv2"}, (8, False): {"FoldedConv", "PackedConv1"},
+                  (0, False): {"PackedConv1"}}[(fold_max_cin, xrun)]
+        assert expect <= used and (xrun or "PackedConv2" not in used) and (fold_max_cin or "FoldedConv" not in used), used
     # members whose stems differ in width run their first convs one by one
     wide = ModelConfig(stages=((8,),), stem_width=8, in_size=8, name="w")
     mixed = Ensemble([models[0], build_model(wide).eval()], names=["a", "w"], configs=[cfgs[0], wide], rule="mean")
@@ -186,6 +264,13 @@ def case_engine() -> None:
     print("engine ok")
 
 
+def _member_convs(m) -> list:
+    convs = list(m.stem)
+    for down, blocks, _ in m.stages:
+        convs += [down] + [c for block in blocks for c in block]
+    return convs
+
+
 if __name__ == "__main__":
-    {"conv": case_conv, "split": case_split, "fold": case_fold, "cbam": case_cbam,
-     "engine": case_engine}[sys.argv[1]]()
+    {"conv": case_conv, "split": case_split, "xrun": case_xrun, "shortcut": case_shortcut, "fold": case_fold,
+     "cbam": case_cbam, "engine": case_engine}[sys.argv[1]]()
