@@ -298,25 +298,112 @@ class GroupedMembers(nn.Module):
 
 
 # ----------------------------------------------------------------------------- Triton backend
+def plan_conv(cin: int, cout: int, ks: int, stride: int, width: int, *, fold_max_cin: int = 8,
+              xrun: bool = True) -> str:
+    """How the Triton backend runs a conv on inputs ``width`` voxels wide: ``"fold"`` (x-folded
+    cuDNN 2D conv + epilogue pass), ``"xrun"`` (our kernel, rows of 2 voxels) or ``"kernel"`` (our
+    kernel, rows of one voxel).
+
+    The rules are the per-layer winners of the H200 sweep at batch 1024
+    (``bench/gpu/engine_layers.py``; docs/measurements/2026-11-30c/run16): folding pays for few
+    input channels at any width, and for any channel count once rows are at most 8 voxels wide
+    (the fold's wasted FLOPs grow with the width); 2-voxel rows pay at 16-voxel rows when either
+    side has 16+ channels (e.g. 8->16: 0.23 vs 0.35 ms folded; 16->16: 0.43 vs 0.48 ms one-voxel
+    rows) and for 16 input channels at 8. ``fold_max_cin=0`` never folds; ``xrun=False`` never
+    uses 2-voxel rows.
+    """
+    if ks != 3:
+        return "kernel"
+    if fold_max_cin > 0 and (cin <= fold_max_cin and (stride != 1 or not xrun or cout <= 8 or width > 16)):
+        return "fold"
+    if stride != 1:
+        return "kernel"
+    if fold_max_cin > 0 and width <= 8 and cin >= 32:
+        return "fold"
+    if xrun and width <= 16 and (cin >= 16 or cout >= 16):
+        return "xrun"
+    return "fold" if fold_max_cin > 0 and cin <= fold_max_cin else "kernel"
+
+
+class _MemberConv:
+    """One BN-folded conv of a member, packed for each input width it meets (the fastest way to run
+    it depends on the width: :func:`plan_conv`). Packing happens on first use, i.e. in warm-up,
+    before any CUDA-graph capture."""
+
+    def __init__(self, conv: nn.Conv3d, dtype: torch.dtype, *, fold_max_cin: int, xrun: bool,
+                 foldable: bool = True) -> None:
+        from naslung.ensemble import fold, kernels
+
+        if len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1 or len(set(conv.kernel_size)) != 1:
+            raise _Unsupported("anisotropic conv")
+        self.k, self.fold, self.dtype = kernels, fold, dtype
+        self.weight, self.bias = conv.weight.detach(), conv.bias.detach()
+        self.cin, self.cout = conv.in_channels, conv.out_channels
+        self.ks, self.stride, self.pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        self.fold_max_cin = fold_max_cin if foldable else 0
+        self.xrun = xrun and foldable
+        self._packed: dict[int, object] = {}
+        self._as_shortcut: dict[tuple[int, int], object] = {}
+        self.packed(16)  # refuse unsupported shapes now, not at the first batch
+
+    @property
+    def fusable_shortcut(self) -> bool:
+        """A 1x1 stride-1 conv: can run inside the epilogue of the conv that closes its block."""
+        return self.ks == 1 and self.stride == 1
+
+    def as_shortcut_for(self, consumer) -> object:
+        """This 1x1 conv packed for the epilogue of ``consumer`` (a packed conv or folded conv)."""
+        if isinstance(consumer, self.fold.FoldedConv):
+            key = (1, self.k.shortcut_columns(consumer.cout))
+        else:
+            key = (consumer.xb, consumer.weight.shape[1])
+        if key not in self._as_shortcut:
+            self._as_shortcut[key] = self.k.pack_shortcut(self.weight, self.bias, key[0], key[1], self.dtype)
+        return self._as_shortcut[key]
+
+    def plan(self, width: int) -> str:
+        return plan_conv(self.cin, self.cout, self.ks, self.stride, width, fold_max_cin=self.fold_max_cin,
+                         xrun=self.xrun)
+
+    def packed(self, width: int):
+        """The packed conv (FoldedConv or PackedConv) for inputs ``width`` voxels wide."""
+        if width not in self._packed:
+            how = self.plan(width)
+            try:
+                if how == "fold":
+                    p = self.fold.pack_folded(self.weight, self.bias, self.stride, self.pad, self.dtype)
+                else:
+                    p = self.k.pack_conv(self.weight, self.bias, self.stride, self.pad, self.dtype,
+                                         xb=2 if how == "xrun" else 1)
+            except ValueError as e:
+                raise _Unsupported(str(e)) from None
+            self._packed[width] = p
+        return self._packed[width]
+
+
 class TritonMember(nn.Module):
     """One BN-folded NASLungNet run as Triton launches on padded channels-last buffers.
 
-    See :mod:`naslung.ensemble.kernels` for the layout and the kernels. 3x3x3 convs with at most
-    ``fold_max_cin`` input channels (after the first) run as x-folded cuDNN 2D convs
-    (:mod:`naslung.ensemble.fold`) plus one epilogue pass; the others as our implicit-GEMM kernel.
-    A residual block is three convs (shortcut, conv1, conv2 with the shortcut added in its
-    epilogue). A CBAM is three passes, one tiny launch and a conv: channel sums/maxima, the gate
-    MLP, the spatial descriptor, the gate conv (folded), then sigmoid and output in one pass.
-    (Accumulating the sums/maxima in the preceding conv's epilogue with atomics was measured
-    slower on an H200: 40.2k vs 46.9k crops/s at batch 1024.)
+    See :mod:`naslung.ensemble.kernels` for the layout and the kernels. Each conv runs as
+    :func:`plan_conv` picks for its width: x-folded cuDNN 2D conv plus one epilogue pass
+    (:mod:`naslung.ensemble.fold`), or our implicit-GEMM kernel with rows of one or two voxels.
+    A residual block is two launches: conv1, then conv2 with the 1x1 shortcut computed in its
+    epilogue (``fuse_shortcut``). A CBAM is the channel sums/maxima (gathered by a folded
+    producer's epilogue when ``epilogue_stats``, else a pass of their own), the gate MLP (one tiny
+    launch), the spatial descriptor, the gate conv (folded), then sigmoid and output in one pass.
+    (Gathering the statistics in *our* conv kernel's epilogue with atomics was measured slower on
+    an H200: 40.2k vs 46.9k crops/s at batch 1024.)
     Output: (1, N, K) fp32 probabilities, like :class:`GroupedMembers`.
     """
 
-    def __init__(self, net: nn.Module, dtype: torch.dtype, fold_max_cin: int = 8) -> None:
+    def __init__(self, net: nn.Module, dtype: torch.dtype, fold_max_cin: int = 8, xrun: bool = True,
+                 fuse_shortcut: bool = True, epilogue_stats: bool = True) -> None:
         super().__init__()
         from naslung.ensemble import fold, kernels
 
-        self.k, self.fold, self.dtype, self.fold_max_cin = kernels, fold, dtype, int(fold_max_cin)
+        self.k, self.fold, self.dtype = kernels, fold, dtype
+        self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
+        self.fuse_shortcut, self.epilogue_stats = bool(fuse_shortcut), bool(epilogue_stats)
         stem = list(net.stem)
         if len(stem) != 3:
             raise _Unsupported("stem layout")
@@ -339,21 +426,28 @@ class TritonMember(nn.Module):
             raise _Unsupported("pooling")
         self.head = _GHead([net.head])
 
-    def _pack(self, conv: nn.Conv3d, foldable: bool = True):
-        if len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1 or len(set(conv.kernel_size)) != 1:
-            raise _Unsupported("anisotropic conv")
-        try:
-            if foldable and conv.kernel_size[0] == 3 and conv.in_channels <= self.fold_max_cin:
-                return self.fold.pack_folded(conv.weight, conv.bias, conv.stride[0], conv.padding[0], self.dtype)
-            return self.k.pack_conv(conv.weight, conv.bias, conv.stride[0], conv.padding[0], self.dtype)
-        except ValueError as e:
-            raise _Unsupported(str(e)) from None
+    def _pack(self, conv: nn.Conv3d, foldable: bool = True) -> _MemberConv:
+        return _MemberConv(conv, self.dtype, fold_max_cin=self.fold_max_cin, xrun=self.xrun, foldable=foldable)
 
-    def conv(self, h: torch.Tensor, p, *, relu: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """One packed conv on a padded buffer, whichever way it was packed."""
+    def conv(self, h: torch.Tensor, c: _MemberConv, *, relu: bool = True, residual: torch.Tensor | None = None,
+             shortcut: tuple[torch.Tensor, _MemberConv] | None = None) -> torch.Tensor:
+        """One conv on a padded buffer, run the way :func:`plan_conv` picks for its width.
+        ``shortcut``: (block input, its 1x1 conv), added as ``relu(shortcut(input))`` in the epilogue."""
+        return self.conv_stats(h, c, relu=relu, residual=residual, shortcut=shortcut)[0]
+
+    def conv_stats(self, h: torch.Tensor, c: _MemberConv, *, relu: bool = True,
+                   residual: torch.Tensor | None = None, shortcut: tuple[torch.Tensor, _MemberConv] | None = None,
+                   stats: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """:meth:`conv`, plus CBAM's channel statistics of the output when ``stats`` and the conv is
+        folded (its epilogue pass gathers them; None otherwise)."""
+        p = c.packed(h.shape[3] - 2)
+        sc = None if shortcut is None else (shortcut[0], shortcut[1].as_shortcut_for(p))
         if isinstance(p, self.fold.FoldedConv):
-            return self.k.bias_act_pad(self.fold.folded_conv(h, p), p.bias, relu=relu, residual=residual)
-        return self.k.conv3d(h, p, relu=relu, residual=residual)
+            y = self.fold.folded_conv(h, p)
+            if stats and self.epilogue_stats and relu:
+                return self.k.bias_act_pad(y, p.bias, relu=relu, residual=residual, shortcut=sc, stats=True)
+            return self.k.bias_act_pad(y, p.bias, relu=relu, residual=residual, shortcut=sc), None
+        return self.k.conv3d(h, p, relu=relu, residual=residual, shortcut=sc), None
 
     def _cbam(self, m: nn.Module):
         if isinstance(m, nn.Identity):
@@ -370,33 +464,40 @@ class TritonMember(nn.Module):
                 "relu": not isinstance(cg.act, nn.Identity), "gate": cg.gate,
                 "spatial": gate_conv, "naslung": m.variant == "naslung"}
 
-    def channel_gate(self, h: torch.Tensor, p: dict) -> torch.Tensor:
-        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h``."""
+    def channel_gate(self, h: torch.Tensor, p: dict, stats: tuple | None = None) -> torch.Tensor:
+        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h`` (its channel sums and
+        maxima ``stats`` if the producing conv gathered them)."""
         n, dp, hp, wp, c = h.shape
         # CBAM inputs are ReLU outputs (>= 0) with a zero border, so reducing over the whole padded
         # buffer gives the interior's max, and its sum over the interior's voxel count the mean.
-        total, mx = self.k.channel_stats(h)
+        total, mx = stats if stats is not None else self.k.channel_stats(h)
         return self.k.channel_gate(total, mx, (dp - 2) * (hp - 2) * (wp - 2), p["fc1"], p["fc2"], relu=p["relu"],
                                    softmax=p["gate"] == "softmax")
 
-    def apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
+    def apply_cbam(self, h: torch.Tensor, p: dict | None, stats: tuple | None = None) -> torch.Tensor:
         if p is None:
             return h
-        g = self.channel_gate(h, p)
+        g = self.channel_gate(h, p, stats)
         logits = self.fold.folded_conv(self.k.cbam_desc(h, g), p["spatial"], x_border=0)[..., 0]
         return self.k.cbam_apply(h, logits, g, naslung=p["naslung"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.k.conv3d(self.k.to_padded(x, self.dtype), self.stem[0]))
+        return self.tail(self.conv(self.k.to_padded(x, self.dtype), self.stem[0]))
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         """Everything after the first conv, whose padded output is ``h``."""
-        h = self.apply_cbam(self.conv(h, self.stem[1]), self.stem_cbam)
+        h, st = self.conv_stats(h, self.stem[1], stats=self.stem_cbam is not None)
+        h = self.apply_cbam(h, self.stem_cbam, st)
         for down, blocks, cbam in self.stages:
-            h = self.conv(h, down)
-            for short, c1, c2 in blocks:
-                h = self.conv(self.conv(h, c1), c2, residual=self.conv(h, short))
-            h = self.apply_cbam(h, cbam)
+            h, st = self.conv_stats(h, down, stats=cbam is not None and not blocks)
+            for i, (short, c1, c2) in enumerate(blocks):
+                want = cbam is not None and i == len(blocks) - 1
+                y = self.conv(h, c1)
+                if self.fuse_shortcut and short.fusable_shortcut:
+                    h, st = self.conv_stats(y, c2, shortcut=(h, short), stats=want)
+                else:
+                    h, st = self.conv_stats(y, c2, residual=self.conv(h, short), stats=want)
+            h = self.apply_cbam(h, cbam, st)
         emb = self.k.interior(h).mean(dim=(1, 2, 3), dtype=torch.float32)
         return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
 
@@ -452,7 +553,12 @@ class FastEnsemble:
     larger batches run members in turn, which keeps peak memory at one member's (0 = never; default
     1024: streams still gained 6 % at 1024 on an H200 once cuDNN ran the few-channel convs).
     ``fold_max_cin``: with the Triton backend, 3x3x3 convs with at most this many input channels
-    run as x-folded cuDNN 2D convs (:mod:`naslung.ensemble.fold`; 0 = never).
+    run as x-folded cuDNN 2D convs (:mod:`naslung.ensemble.fold`), and so do convs on rows of at
+    most 8 voxels with 32+ channels (0 = never fold). ``xrun``: let 3x3x3 stride-1 convs on rows
+    of at most 16 voxels use the 2-voxel-row kernel. Which conv runs how: :func:`plan_conv`.
+    ``fuse_shortcut``: a residual block's 1x1 shortcut runs in the epilogue of the conv closing
+    the block (no launch, no buffer of its own). ``epilogue_stats``: a folded conv feeding a CBAM
+    gathers its channel statistics in its epilogue pass (no separate statistics pass).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
@@ -460,7 +566,8 @@ class FastEnsemble:
                  compile: bool | None = None, cuda_graphs: bool | None = None,
                  compile_mode: str | None = None, chunk: int | None = None,
                  direct_max_cin: int | None = None, backend: str = "auto",
-                 stream_max_batch: int = 1024, fold_max_cin: int = 8) -> None:
+                 stream_max_batch: int = 1024, fold_max_cin: int = 8, xrun: bool = True,
+                 fuse_shortcut: bool = True, epilogue_stats: bool = True) -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -483,7 +590,8 @@ class FastEnsemble:
             ok, why = triton_backend_usable(self.device)
             if not ok:
                 raise ValueError(why)
-        self.fold_max_cin = int(fold_max_cin)
+        self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
+        self.fuse_shortcut, self.epilogue_stats = bool(fuse_shortcut), bool(epilogue_stats)
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
         self._shared_stem: _SharedStem | None = None
         if backend == "triton":
@@ -530,7 +638,8 @@ class FastEnsemble:
     def _triton_groups(self, folded: list[nn.Module]) -> list[tuple[list[int], nn.Module]]:
         """One member per group (the kernels fill the card at any useful batch size); with several
         members, their first convs -- all reading the one input channel -- run as one."""
-        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin)) for i, m in enumerate(folded)]
+        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin, self.xrun, self.fuse_shortcut,
+                                     self.epilogue_stats)) for i, m in enumerate(folded)]
         if len(groups) > 1:
             try:
                 self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype)

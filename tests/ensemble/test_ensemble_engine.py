@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from naslung.ensemble.engine import FastEnsemble, GroupedMembers, architecture_key, fold_bn, fold_conv_bn
+from naslung.ensemble.engine import FastEnsemble, GroupedMembers, architecture_key, fold_bn, fold_conv_bn, plan_conv
 from naslung.ensemble.naive import Ensemble
 
 
@@ -95,3 +95,29 @@ def test_engine_direct_small_convs_match(members, crops16):
     ens = Ensemble([m for _, m in members])
     fast = FastEnsemble(ens, "cpu", direct_max_cin=4)
     torch.testing.assert_close(fast.member_proba(crops16), ens.member_proba(crops16), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("cin, cout, ks, stride, width, expect", [
+    (4, 4, 3, 1, 32, "fold"),  # the stem: few input channels fold at any width
+    (4, 4, 3, 2, 32, "fold"),
+    (4, 8, 3, 1, 16, "fold"),
+    (8, 16, 3, 1, 16, "xrun"),  # 16 output channels: 2-voxel rows beat the fold
+    (16, 16, 3, 1, 16, "xrun"),
+    (16, 16, 3, 2, 16, "kernel"),  # strided: one-voxel rows
+    (16, 32, 3, 1, 8, "xrun"),
+    (32, 32, 3, 1, 8, "fold"),  # narrow rows, many channels: the fold wastes little
+    (64, 128, 3, 1, 4, "fold"),
+    (32, 32, 3, 2, 8, "kernel"),
+    (16, 32, 1, 1, 16, "kernel"),  # 1x1 shortcuts
+    (16, 16, 3, 1, 32, "kernel"),  # wide rows, many channels
+])
+def test_plan_conv_picks_the_measured_winner(cin, cout, ks, stride, width, expect):
+    assert plan_conv(cin, cout, ks, stride, width) == expect
+
+
+def test_plan_conv_switches():
+    assert plan_conv(8, 16, 3, 1, 16, xrun=False) == "fold"
+    assert plan_conv(16, 16, 3, 1, 16, xrun=False) == "kernel"
+    assert plan_conv(4, 4, 3, 1, 32, fold_max_cin=0) == "kernel"
+    assert plan_conv(64, 64, 3, 1, 4, fold_max_cin=0) == "xrun"
+    assert plan_conv(64, 64, 3, 1, 4, fold_max_cin=0, xrun=False) == "kernel"
