@@ -36,6 +36,16 @@ DRY = "--dry-run" in sys.argv  # CPU, TRITON_INTERPRET=1, tiny sizes: checks the
 
 
 def bench(fn) -> float:
+    """Median ms of ``fn``; inf when the launch does not fit the card (e.g. shared memory)."""
+    try:
+        return _bench(fn)
+    except Exception as e:  # noqa: BLE001 -- a sweep point that cannot launch is a result, not an error
+        if "out of resource" not in str(e):
+            raise
+        return float("inf")
+
+
+def _bench(fn) -> float:
     if DRY:
         import time
 
@@ -52,12 +62,13 @@ def copy_bandwidth(dev) -> float:
     return 2 * a.numel() / (ms / 1e3)
 
 
-def repack(p: K.PackedConv, kb: int) -> K.PackedConv:
-    """The same conv packed with another reduction chunk ``kb``."""
+def repack(p: K.PackedConv, kb: int | None = None, xb: int = 1) -> K.PackedConv:
+    """A conv packed for the one-voxel-row kernel, packed again with reduction chunk ``kb`` or for
+    ``xb``-voxel rows."""
     k3 = p.ks ** 3
     w = p.weight[:k3 * p.cin_pad].view(k3, p.cin_pad, -1)[:, :p.cin, :p.cout].float()
     w = w.permute(2, 1, 0).reshape(p.cout, p.cin, p.ks, p.ks, p.ks)
-    return K.pack_conv(w, p.bias[:p.cout], p.stride, p.pad, p.weight.dtype, kb=kb)
+    return K.pack_conv(w, p.bias[:p.cout], p.stride, p.pad, p.weight.dtype, kb=kb, xb=xb)
 
 
 def main() -> int:
@@ -74,40 +85,57 @@ def main() -> int:
     print(f"{name} | copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     torch.backends.cudnn.benchmark = True
     ens = make_ensemble(member_configs("distinct", size)).to(dev)
-    fast = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False)  # the default: few-channel convs folded
-    plain = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False, fold_max_cin=0)  # every conv our kernel
+    fast = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False)  # the default plan (plan_conv)
+    plain = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False, fold_max_cin=0, xrun=False)  # one-voxel rows
     x = torch.rand(args.batch, 1, size, size, size, device=dev)
     rows, seen = [], set()
-    # (reduction chunk as a multiple of the default, warps, pipeline stages); None = the kernel's default
-    sweep = [(1, 4, None), (2, 4, None)] if args.dry_run else [(1, 4, None), (1, 4, 2), (2, 4, None), (4, 4, None),
-                                                                (4, 8, None)]
+    # one-voxel rows: (reduction chunk as a multiple of the default, warps, pipeline stages, voxels
+    # per program); None = the kernel's default. (One stage -- plain loads that L1 caches, instead
+    # of cp.async copies that bypass it -- and 8-byte copies were slower on the H200: run 14, 16.)
+    sweep = [(1, 4, None, None), (2, 4, None, None)] if args.dry_run else [
+        (1, 4, None, None), (1, 4, 2, None), (2, 4, None, None), (4, 4, None, None), (1, 4, None, 512)]
+    # rows of several voxels (3x3x3 stride-1 convs): (voxels per row, warps, stages, voxels per program)
+    xrun_sweep = [(2, 4, None, None), (4, 4, None, None)] if args.dry_run else [
+        (2, 4, None, None), (2, 8, None, 512), (2, 8, 2, 512), (4, 8, 2, 512)]
 
-    def conv_row(tag, h, chosen, packed, res=None):
-        """Time one conv both ways (our kernel with a launch sweep, x-folded cuDNN); return the chosen output."""
+    def conv_row(tag, h, conv, plain_conv, res=None, sc=None):
+        """Time one conv every way (our kernel with launch sweeps, x-folded cuDNN); return the engine's output."""
         member = fast.groups[0][1]
-        out = member.conv(h, chosen, residual=res)
+        out = member.conv(h, conv, residual=res)
+        width = h.shape[3] - 2
+        packed = plain_conv.packed(width)  # one-voxel rows, default launch
         key = (tuple(h.shape), packed.cout, packed.ks, packed.stride, res is not None)
         if key in seen:
             return out
         seen.add(key)
         row = {"layer": tag, "in": list(h.shape), "cout": packed.cout, "k": packed.ks, "stride": packed.stride,
-               "chosen": "fold" if isinstance(chosen, fold.FoldedConv) else "triton"}
-        row["triton_ms"] = {}
-        for mult, w, st in sweep:
+               "chosen": conv.plan(width), "triton_ms": {}}
+        for mult, w, st, bm in sweep:
             kb = packed.kb * mult
             if kb > 128 or kb >= 2 * packed.nchunk * packed.kb:
                 continue
             pk = repack(packed, kb) if mult != 1 else packed
-            row["triton_ms"][f"kb{kb}x{w}x{st or 'd'}"] = bench(
-                lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st))
+            row["triton_ms"][f"kb{kb}x{w}x{st or 'd'}m{bm or 'd'}"] = bench(
+                lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st, block_m=bm))
+        if packed.ks == 3 and packed.stride == 1:
+            for xb, w, st, bm in xrun_sweep:
+                pk = repack(packed, xb=xb)
+                row["triton_ms"][f"xrun{xb}x{w}x{st or 'd'}m{bm or 'd'}"] = bench(
+                    lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st, block_m=bm))
         if packed.ks == 3:
-            fc = chosen if isinstance(chosen, fold.FoldedConv) else fold.pack_folded(
-                torch.randn(packed.cout, packed.cin, 3, 3, 3, device=dev), torch.randn(packed.cout, device=dev),
-                packed.stride, 1, h.dtype)
+            w5, b5 = conv.weight, conv.bias
+            fc = fold.pack_folded(w5, b5, packed.stride, 1, h.dtype)
             row["fold_conv_ms"] = bench(lambda: fold.folded_conv(h, fc))
             row["fold_ms"] = bench(lambda: K.bias_act_pad(fold.folded_conv(h, fc), fc.bias, residual=res))
+        row["engine_ms"] = bench(lambda: member.conv(h, conv, residual=res))
+        if sc is not None:  # the block's shortcut in this conv's epilogue instead of a residual buffer
+            row["engine_fused_shortcut_ms"] = bench(lambda: member.conv(h, conv, shortcut=sc))
         row["floor_ms"] = (h.numel() + out.numel()) * h.element_size() / bw * 1e3
         rows.append(row)
+        best = min(row["triton_ms"].items(), key=lambda kv: kv[1])
+        print(f"  {tag}: engine ({row['chosen']}) {row['engine_ms']:.3f}, one-voxel rows "
+              f"{next(iter(row['triton_ms'].values())):.3f}, best of our kernel {best[1]:.3f} ({best[0]}), "
+              f"fold {row.get('fold_ms', float('nan')):.3f}", flush=True)
         return out
 
     def cbam_rows(tag, h, p, member):
@@ -129,19 +157,25 @@ def main() -> int:
         return member.apply_cbam(h, p)
 
     ens_ms = bench(lambda: fast._fn(x))
-    plain_ms = bench(lambda: plain._fn(x))
+    variants = {"one-voxel rows only": plain}
+    for label, kw in (("no 2-voxel rows", {"xrun": False}), ("shortcuts unfused", {"fuse_shortcut": False}),
+                      ("no epilogue stats", {"epilogue_stats": False}),
+                      ("none of the three", {"xrun": False, "fuse_shortcut": False, "epilogue_stats": False})):
+        if not args.dry_run or label == "none of the three":
+            variants[label] = FastEnsemble(ens, dev, backend="triton", cuda_graphs=False, **kw)
+    variant_ms = {k: bench(lambda: v._fn(x)) for k, v in variants.items()}
     print(f"whole engine forward (no graph) {ens_ms:.2f} ms -> {args.batch / ens_ms * 1e3:,.0f} crops/s; "
-          f"without folding {plain_ms:.2f} ms", flush=True)
+          + ", ".join(f"{k} {v:.2f} ms" for k, v in variant_ms.items()), flush=True)
     stems = fast._shared_stem(x) if fast._shared_stem is not None else None
     if fast._shared_stem is not None:
         xp = K.to_padded(x, dtype)
         row = {"layer": "shared stem0", "in": list(xp.shape), "cout": fast._shared_stem.packed.cout,
-               "triton_ms": {"split": bench(lambda: fast._shared_stem(x))}, "k": 3, "stride": 1, "chosen": "triton",
+               "triton_ms": {"split": bench(lambda: fast._shared_stem(x))}, "k": 3, "stride": 1, "chosen": "kernel",
                "floor_ms": (xp.numel() + stems.numel()) * 2 / bw * 1e3}
         rows.append(row)
     totals = {}
     for i, ((_, m), (_, mp)) in enumerate(zip(fast.groups, plain.groups)):
-        h = stems[i] if stems is not None else K.conv3d(K.to_padded(x, dtype), m.stem[0])
+        h = stems[i] if stems is not None else m.conv(K.to_padded(x, dtype), m.stem[0])
         totals[i] = bench(lambda: m.tail(h))
         h = conv_row(f"m{i} stem1", h, m.stem[1], mp.stem[1])
         h = cbam_rows(f"m{i} stem cbam", h, m.stem_cbam, m)
@@ -150,24 +184,25 @@ def main() -> int:
             for b, ((short, c1, c2), (pshort, pc1, pc2)) in enumerate(zip(blocks, pblocks)):
                 r = conv_row(f"m{i} s{s}b{b} short", h, short, pshort)
                 y = conv_row(f"m{i} s{s}b{b} c1", h, c1, pc1)
-                h = conv_row(f"m{i} s{s}b{b} c2+res", y, c2, pc2, r)
+                h = conv_row(f"m{i} s{s}b{b} c2+res", y, c2, pc2, r,
+                             sc=(h, short) if short.fusable_shortcut else None)
             h = cbam_rows(f"m{i} s{s} cbam", h, cbam, m)
     print(f"member tails ms (batch {args.batch}): {', '.join(f'{v:.2f}' for v in totals.values())} "
           f"= {sum(totals.values()):.2f} ms")
-    print(f"{'layer':<20} {'in':<24} {'cout':>4} {'k/s':>4} {'triton best':>17} {'fold':>7} {'(conv)':>7} "
-          f"{'chosen':>6} {'floor':>6}")
+    print(f"{'layer':<20} {'in':<24} {'cout':>4} {'k/s':>4} {'our kernel best':>23} {'fold':>7} {'(conv)':>7} "
+          f"{'engine':>14} {'floor':>6}")
     sums = defaultdict(float)
     for r in rows:
         if "triton_ms" in r:
             cfg, ms = min(r["triton_ms"].items(), key=lambda kv: kv[1])
-            default = next(iter(r["triton_ms"].values()))
             fold_ms = r.get("fold_ms", float("nan"))
-            sums["triton_default"] += default
-            sums["triton_best"] += ms
-            sums["chosen"] += fold_ms if r["chosen"] == "fold" else default
+            engine_ms = r.get("engine_ms", ms)
+            sums["one_voxel_rows_default"] += next(iter(r["triton_ms"].values()))
+            sums["engine"] += engine_ms
             sums["best_of_all"] += min(ms, fold_ms) if fold_ms == fold_ms else ms
-            print(f"{r['layer']:<20} {str(r['in']):<24} {r['cout']:>4} {r['k']}/{r['stride']:<2} {ms:8.3f} {cfg:>8} "
-                  f"{fold_ms:7.3f} {r.get('fold_conv_ms', float('nan')):7.3f} {r['chosen']:>6} {r['floor_ms']:6.3f}")
+            print(f"{r['layer']:<20} {str(r['in']):<24} {r['cout']:>4} {r['k']}/{r['stride']:<2} {ms:8.3f} {cfg:>14} "
+                  f"{fold_ms:7.3f} {r.get('fold_conv_ms', float('nan')):7.3f} {r['chosen']:>6} {engine_ms:7.3f} "
+                  f"{r['floor_ms']:6.3f}")
         else:
             sums["cbam"] += r["total_ms"]
             print(f"{r['layer']:<20} {str(r['in']):<24} cbam {r['total_ms']:.3f} = stats {r['stats_ms']:.3f} "
@@ -176,7 +211,7 @@ def main() -> int:
     print("sums over distinct layers (ms):", {k: round(v, 3) for k, v in sums.items()})
     if args.out:
         args.out.write_text(json.dumps({"device": name, "copy_bw": bw, "batch": args.batch, "member_tail_ms": totals,
-                                        "engine_forward_ms": ens_ms, "engine_forward_unfolded_ms": plain_ms,
+                                        "engine_forward_ms": ens_ms, "variants_forward_ms": variant_ms,
                                         "rows": rows, "sums": sums}, indent=1))
     return 0
 

@@ -6,6 +6,7 @@ for each layer shape of the benchmark ensemble, the 2D conv cuDNN would run (wit
 ReLU), its TFLOP/s, our Triton kernel on a few of the same layers, and a few torch passes.
 
     python bench/gpu/fold_probe.py 1024
+    python bench/gpu/fold_probe.py 1024 --fused   # only: cuDNN's fused conv+bias+ReLU on folded shapes
 """
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from naslung.ensemble import kernels as K  # noqa: E402
 
 torch.backends.cudnn.benchmark = True
 dev = torch.device("cuda")
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
+N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 1024
 print(torch.cuda.get_device_name(dev), "batch", N)
 
 
@@ -50,6 +51,34 @@ def elementwise(name, shape, fn):
     ms = do_bench(lambda: fn(x), warmup=25, rep=100, return_mode="median")
     print(f"{name:<34} {ms:7.3f} ms  ({x.numel() * 2 / ms / 1e6:.0f} GB/s of input)", flush=True)
 
+
+def fused_case(name, c, cout, s, stride=1):
+    """A folded conv on a buffer padded in x only (N, s, s, (s+2)*c), z/y padding by the conv: the plain
+    conv2d (what the engine runs, then its bias/ReLU/pad pass), and cuDNN's fused conv+bias+ReLU,
+    also writing (s+2)*cout channels (x border included: zero weights and bias there)."""
+    img = torch.rand(N, s, s, (s + 2) * c, device=dev).to(torch.bfloat16).permute(0, 3, 1, 2)
+    so = (s - 1) // stride + 1
+    for wo, label in ((so, "plain"), (so + 2, "x-bordered")):
+        w = torch.randn(wo * cout, (s + 2) * c, 3, 3, device=dev, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last)
+        b = torch.randn(wo * cout, device=dev, dtype=torch.bfloat16)
+        t_plain = do_bench(lambda: F.conv2d(img, w, None, stride, 1), warmup=25, rep=100, return_mode="median")
+        t_fused = do_bench(lambda: torch.cudnn_convolution_relu(img, w, b, [stride] * 2, [1, 1], [1, 1], 1),
+                           warmup=25, rep=100, return_mode="median")
+        out = torch.cudnn_convolution_relu(img, w, b, [stride] * 2, [1, 1], [1, 1], 1)
+        print(f"{name:<22} {label:<10} {img.shape[1]:>4}->{w.shape[0]:<4}: conv2d {t_plain:.3f} ms, fused conv+bias+relu "
+              f"{t_fused:.3f} ms (out {tuple(out.shape)}, channels_last={out.is_contiguous(memory_format=torch.channels_last)})",
+              flush=True)
+
+
+if "--fused" in sys.argv:
+    fused_case("stem1 4->4 @32", 4, 4, 32)
+    fused_case("down 4->4 s2 @32", 4, 4, 32, stride=2)
+    fused_case("16^3 4->8", 4, 8, 16)
+    fused_case("16^3 4->16", 4, 16, 16)
+    fused_case("16^3 8->16", 8, 16, 16)
+    fused_case("16^3 16->16", 16, 16, 16)
+    sys.exit(0)
 
 triton_case("stem1 4->4 (current)", 4, 4, 32)
 triton_case("s0 c2 8->8 (current)", 8, 8, 16)
