@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
 timeout 150 python3 bench/ensemble.py --device cuda --batches 1 32 256 1024 --out "$OUT/ensemble.json" 2>&1
-timeout 100 python3 bench/ensemble.py --device cuda --no-xrun --no-fuse-shortcut --no-epilogue-stats \
+timeout 100 python3 bench/ensemble.py --device cuda --no-xrun --no-fuse-shortcut \
   --batches 256 1024 --out "$OUT/ensemble_steps_off.json" 2>&1 | tail -4
 timeout 240 python3 -m pytest -q -p no:cacheprovider --tb=short tests/ensemble tests/models 2>&1 | tail -15
 timeout 300 python3 bench/gpu/engine_layers.py --batch 1024 --out "$OUT/layers.json" 2>&1

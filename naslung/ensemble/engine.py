@@ -387,23 +387,24 @@ class TritonMember(nn.Module):
     See :mod:`naslung.ensemble.kernels` for the layout and the kernels. Each conv runs as
     :func:`plan_conv` picks for its width: x-folded cuDNN 2D conv plus one epilogue pass
     (:mod:`naslung.ensemble.fold`), or our implicit-GEMM kernel with rows of one or two voxels.
-    A residual block is two launches: conv1, then conv2 with the 1x1 shortcut computed in its
-    epilogue (``fuse_shortcut``). A CBAM is the channel sums/maxima (gathered by a folded
-    producer's epilogue when ``epilogue_stats``, else a pass of their own), the gate MLP (one tiny
-    launch), the spatial descriptor, the gate conv (folded), then sigmoid and output in one pass.
-    (Gathering the statistics in *our* conv kernel's epilogue with atomics was measured slower on
-    an H200: 40.2k vs 46.9k crops/s at batch 1024.)
+    A residual block is two launches where conv2 is folded or on 2-voxel rows: conv1, then conv2
+    with the 1x1 shortcut computed in its epilogue (``fuse_shortcut``); else three (shortcut,
+    conv1, conv2 adding the shortcut's buffer). A CBAM is four passes and a conv: channel
+    sums/maxima, the gate MLP (one tiny launch), the spatial descriptor, the gate conv (folded),
+    then sigmoid and output in one pass. (Gathering the sums/maxima in the producing conv's
+    epilogue with atomics was measured slower on an H200, twice: 40.2k vs 46.9k crops/s at batch
+    1024 in our conv kernel, 47.3k vs 51.2k in the folded convs' epilogue pass.)
     Output: (1, N, K) fp32 probabilities, like :class:`GroupedMembers`.
     """
 
     def __init__(self, net: nn.Module, dtype: torch.dtype, fold_max_cin: int = 8, xrun: bool = True,
-                 fuse_shortcut: bool = True, epilogue_stats: bool = True) -> None:
+                 fuse_shortcut: bool = True) -> None:
         super().__init__()
         from naslung.ensemble import fold, kernels
 
         self.k, self.fold, self.dtype = kernels, fold, dtype
         self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
-        self.fuse_shortcut, self.epilogue_stats = bool(fuse_shortcut), bool(epilogue_stats)
+        self.fuse_shortcut = bool(fuse_shortcut)
         stem = list(net.stem)
         if len(stem) != 3:
             raise _Unsupported("stem layout")
@@ -432,22 +433,24 @@ class TritonMember(nn.Module):
     def conv(self, h: torch.Tensor, c: _MemberConv, *, relu: bool = True, residual: torch.Tensor | None = None,
              shortcut: tuple[torch.Tensor, _MemberConv] | None = None) -> torch.Tensor:
         """One conv on a padded buffer, run the way :func:`plan_conv` picks for its width.
-        ``shortcut``: (block input, its 1x1 conv), added as ``relu(shortcut(input))`` in the epilogue."""
-        return self.conv_stats(h, c, relu=relu, residual=residual, shortcut=shortcut)[0]
-
-    def conv_stats(self, h: torch.Tensor, c: _MemberConv, *, relu: bool = True,
-                   residual: torch.Tensor | None = None, shortcut: tuple[torch.Tensor, _MemberConv] | None = None,
-                   stats: bool = False) -> tuple[torch.Tensor, tuple | None]:
-        """:meth:`conv`, plus CBAM's channel statistics of the output when ``stats`` and the conv is
-        folded (its epilogue pass gathers them; None otherwise)."""
+        ``shortcut``: (block input, its 1x1 conv), added as ``relu(shortcut(input))`` -- in the
+        epilogue where :meth:`takes_shortcut`, else as a launch of its own and a residual."""
         p = c.packed(h.shape[3] - 2)
-        sc = None if shortcut is None else (shortcut[0], shortcut[1].as_shortcut_for(p))
+        if shortcut is not None:
+            hs, sconv = shortcut
+            if not self.takes_shortcut(p, sconv):
+                return self.conv(h, c, relu=relu, residual=self.conv(hs, sconv))
+            shortcut = (hs, sconv.as_shortcut_for(p))
         if isinstance(p, self.fold.FoldedConv):
-            y = self.fold.folded_conv(h, p)
-            if stats and self.epilogue_stats and relu:
-                return self.k.bias_act_pad(y, p.bias, relu=relu, residual=residual, shortcut=sc, stats=True)
-            return self.k.bias_act_pad(y, p.bias, relu=relu, residual=residual, shortcut=sc), None
-        return self.k.conv3d(h, p, relu=relu, residual=residual, shortcut=sc), None
+            return self.k.bias_act_pad(self.fold.folded_conv(h, p), p.bias, relu=relu, residual=residual,
+                                       shortcut=shortcut)
+        return self.k.conv3d(h, p, relu=relu, residual=residual, shortcut=shortcut)
+
+    def takes_shortcut(self, p, sconv: _MemberConv) -> bool:
+        """Whether the packed conv ``p`` can compute the 1x1 shortcut ``sconv`` in its epilogue: the
+        folded epilogue and the x-run kernel can (the one-voxel-row kernel faulted on an H200 with it)."""
+        return (self.fuse_shortcut and sconv.fusable_shortcut
+                and (isinstance(p, self.fold.FoldedConv) or getattr(p, "xb", 1) > 1))
 
     def _cbam(self, m: nn.Module):
         if isinstance(m, nn.Identity):
@@ -464,20 +467,19 @@ class TritonMember(nn.Module):
                 "relu": not isinstance(cg.act, nn.Identity), "gate": cg.gate,
                 "spatial": gate_conv, "naslung": m.variant == "naslung"}
 
-    def channel_gate(self, h: torch.Tensor, p: dict, stats: tuple | None = None) -> torch.Tensor:
-        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h`` (its channel sums and
-        maxima ``stats`` if the producing conv gathered them)."""
+    def channel_gate(self, h: torch.Tensor, p: dict) -> torch.Tensor:
+        """CBAM's channel weights (N, C) fp32 for the padded buffer ``h``."""
         n, dp, hp, wp, c = h.shape
         # CBAM inputs are ReLU outputs (>= 0) with a zero border, so reducing over the whole padded
         # buffer gives the interior's max, and its sum over the interior's voxel count the mean.
-        total, mx = stats if stats is not None else self.k.channel_stats(h)
+        total, mx = self.k.channel_stats(h)
         return self.k.channel_gate(total, mx, (dp - 2) * (hp - 2) * (wp - 2), p["fc1"], p["fc2"], relu=p["relu"],
                                    softmax=p["gate"] == "softmax")
 
-    def apply_cbam(self, h: torch.Tensor, p: dict | None, stats: tuple | None = None) -> torch.Tensor:
+    def apply_cbam(self, h: torch.Tensor, p: dict | None) -> torch.Tensor:
         if p is None:
             return h
-        g = self.channel_gate(h, p, stats)
+        g = self.channel_gate(h, p)
         logits = self.fold.folded_conv(self.k.cbam_desc(h, g), p["spatial"], x_border=0)[..., 0]
         return self.k.cbam_apply(h, logits, g, naslung=p["naslung"])
 
@@ -486,18 +488,12 @@ class TritonMember(nn.Module):
 
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         """Everything after the first conv, whose padded output is ``h``."""
-        h, st = self.conv_stats(h, self.stem[1], stats=self.stem_cbam is not None)
-        h = self.apply_cbam(h, self.stem_cbam, st)
+        h = self.apply_cbam(self.conv(h, self.stem[1]), self.stem_cbam)
         for down, blocks, cbam in self.stages:
-            h, st = self.conv_stats(h, down, stats=cbam is not None and not blocks)
-            for i, (short, c1, c2) in enumerate(blocks):
-                want = cbam is not None and i == len(blocks) - 1
-                y = self.conv(h, c1)
-                if self.fuse_shortcut and short.fusable_shortcut:
-                    h, st = self.conv_stats(y, c2, shortcut=(h, short), stats=want)
-                else:
-                    h, st = self.conv_stats(y, c2, residual=self.conv(h, short), stats=want)
-            h = self.apply_cbam(h, cbam, st)
+            h = self.conv(h, down)
+            for short, c1, c2 in blocks:
+                h = self.conv(self.conv(h, c1), c2, shortcut=(h, short))
+            h = self.apply_cbam(h, cbam)
         emb = self.k.interior(h).mean(dim=(1, 2, 3), dtype=torch.float32)
         return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
 
@@ -557,8 +553,7 @@ class FastEnsemble:
     most 8 voxels with 32+ channels (0 = never fold). ``xrun``: let 3x3x3 stride-1 convs on rows
     of at most 16 voxels use the 2-voxel-row kernel. Which conv runs how: :func:`plan_conv`.
     ``fuse_shortcut``: a residual block's 1x1 shortcut runs in the epilogue of the conv closing
-    the block (no launch, no buffer of its own). ``epilogue_stats``: a folded conv feeding a CBAM
-    gathers its channel statistics in its epilogue pass (no separate statistics pass).
+    the block when that conv is folded or on 2-voxel rows (no launch, no buffer of its own).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
@@ -567,7 +562,7 @@ class FastEnsemble:
                  compile_mode: str | None = None, chunk: int | None = None,
                  direct_max_cin: int | None = None, backend: str = "auto",
                  stream_max_batch: int = 1024, fold_max_cin: int = 8, xrun: bool = True,
-                 fuse_shortcut: bool = True, epilogue_stats: bool = True) -> None:
+                 fuse_shortcut: bool = True) -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -591,7 +586,7 @@ class FastEnsemble:
             if not ok:
                 raise ValueError(why)
         self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
-        self.fuse_shortcut, self.epilogue_stats = bool(fuse_shortcut), bool(epilogue_stats)
+        self.fuse_shortcut = bool(fuse_shortcut)
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
         self._shared_stem: _SharedStem | None = None
         if backend == "triton":
@@ -638,8 +633,8 @@ class FastEnsemble:
     def _triton_groups(self, folded: list[nn.Module]) -> list[tuple[list[int], nn.Module]]:
         """One member per group (the kernels fill the card at any useful batch size); with several
         members, their first convs -- all reading the one input channel -- run as one."""
-        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin, self.xrun, self.fuse_shortcut,
-                                     self.epilogue_stats)) for i, m in enumerate(folded)]
+        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin, self.xrun, self.fuse_shortcut))
+                  for i, m in enumerate(folded)]
         if len(groups) > 1:
             try:
                 self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype)
