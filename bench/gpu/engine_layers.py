@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Per-layer times of the Triton engine against cuDNN, and block-size sweeps (GPU only).
+"""Per-layer times of the Triton engine: every way to run each conv, and launch sweeps (GPU only).
 
 For every layer of the benchmark ensemble (``bench/ensemble.py``'s five members) at one batch
-size: our implicit-GEMM kernel at several (warps, pipeline stages), the x-folded cuDNN 2D conv
-(:mod:`naslung.ensemble.fold`, conv alone and with its epilogue), which of the two the engine
-chose, each CBAM pass, and the byte floor (input + output once at the measured copy bandwidth).
-Prints a table, writes JSON. Used to pick ``fold_max_cin`` and launch parameters;
-``docs/benchmarks.md`` quotes the outcome.
+size: our implicit-GEMM kernel with one-voxel rows at several (reduction chunk, warps, pipeline
+stages, voxels per program), with rows of 2 or 4 voxels (the x-run kernel), the x-folded cuDNN
+2D conv (:mod:`naslung.ensemble.fold`, conv alone and with its epilogue), what the engine's
+``plan_conv`` chose and its time (and with the block's shortcut fused), each CBAM pass, and the
+byte floor (input + output once at the measured copy bandwidth); also the whole forward (no
+graph) with the engine's steps switched off. Prints a table, writes JSON. The source of
+``plan_conv``'s rules and of the launch defaults; ``docs/benchmarks.md`` quotes the outcome.
 
     python bench/gpu/engine_layers.py --batch 1024 --out layers.json
 """
