@@ -43,15 +43,18 @@ def test_triton_backend_refuses_cpu_without_the_interpreter(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_triton_engine_on_gpu_matches_fp32_reference():
-    """bf16 Triton engine with CUDA graphs vs the fp32 reference, on five distinct members."""
+@pytest.mark.parametrize("options", [{}, {"xrun": False, "fuse_shortcut": False}, {"fold_max_cin": 0},
+                                     {"fold_max_cin": 0, "xrun": False}])
+def test_triton_engine_on_gpu_matches_fp32_reference(options):
+    """bf16 Triton engine with CUDA graphs vs the fp32 reference, on five distinct members: the
+    default plan and with its steps off (every kernel path the plan can pick runs somewhere)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     from ensemble import make_ensemble, member_configs
 
     from naslung.ensemble.engine import FastEnsemble
 
     ens = make_ensemble(member_configs("distinct", 32)).to("cuda")
-    fast = FastEnsemble(ens, "cuda")
+    fast = FastEnsemble(ens, "cuda", **options)
     assert fast.backend == "triton" and fast.cuda_graphs
     for n in (1, 7, 64):  # several graph shapes, one not a multiple of any block size
         x = torch.rand(n, 1, 32, 32, 32, device="cuda")
@@ -63,8 +66,8 @@ def test_triton_engine_on_gpu_matches_fp32_reference():
     assert torch.equal(a, b)  # graph replay is deterministic and does not alias its output
     # members on their own streams (small batches) and in turn (large) give the same answers
     assert fast._streams and fast.stream_max_batch >= 3
-    in_turn = FastEnsemble(ens, "cuda", stream_max_batch=0)
+    in_turn = FastEnsemble(ens, "cuda", stream_max_batch=0, **options)
     assert not in_turn._streams
     assert (in_turn.member_proba(x) - a).abs().max().item() <= 1e-3
-    eager = FastEnsemble(ens, "cuda", cuda_graphs=False)  # streams without a graph
+    eager = FastEnsemble(ens, "cuda", cuda_graphs=False, **options)  # streams without a graph
     assert (eager.member_proba(x) - a).abs().max().item() <= 1e-3
