@@ -314,15 +314,12 @@ def plan_conv(cin: int, cout: int, ks: int, stride: int, width: int, *, fold_max
     """
     if ks != 3:
         return "kernel"
-    if fold_max_cin > 0 and (cin <= fold_max_cin and (stride != 1 or not xrun or cout <= 8 or width > 16)):
+    fold = fold_max_cin > 0
+    if fold and stride == 1 and width <= 8 and cin >= 32:
         return "fold"
-    if stride != 1:
-        return "kernel"
-    if fold_max_cin > 0 and width <= 8 and cin >= 32:
-        return "fold"
-    if xrun and width <= 16 and (cin >= 16 or cout >= 16):
+    if xrun and stride == 1 and width <= 16 and (cin >= 16 or cout >= 16):
         return "xrun"
-    return "fold" if fold_max_cin > 0 and cin <= fold_max_cin else "kernel"
+    return "fold" if fold and cin <= fold_max_cin else "kernel"
 
 
 class _MemberConv:
@@ -450,7 +447,7 @@ class TritonMember(nn.Module):
         """Whether the packed conv ``p`` can compute the 1x1 shortcut ``sconv`` in its epilogue: the
         folded epilogue and the x-run kernel can (the one-voxel-row kernel faulted on an H200 with it)."""
         return (self.fuse_shortcut and sconv.fusable_shortcut
-                and (isinstance(p, self.fold.FoldedConv) or getattr(p, "xb", 1) > 1))
+                and (isinstance(p, self.fold.FoldedConv) or p.xb > 1))
 
     def _cbam(self, m: nn.Module):
         if isinstance(m, nn.Identity):

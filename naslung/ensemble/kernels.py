@@ -253,8 +253,9 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
     ``kb``: reduction chunk (a power of two >= 16); by default 128 for 4 channels, 32 for 1, 2 and 8
     (several taps per chunk), else min(64, channels), doubled for strided convs -- the fastest of
-    16..128 measured on an H200 (docs/benchmarks.md). ``xb`` > 1 (a power of two; 3x3x3 stride-1 convs only) packs for
-    the x-run kernel: tile rows of ``xb`` output voxels, the weight banded along x.
+    16..128 measured on an H200 (docs/benchmarks.md). ``xb`` > 1 (a power of two; 3x3x3
+    stride-1 convs only) packs for the x-run kernel: tile rows of ``xb`` output voxels, the
+    weight banded along x.
     """
     cout, cin, kd, kh, kw = weight.shape
     if not kd == kh == kw or kd % 2 == 0 or padding != kd // 2 or padding > 1:
