@@ -68,8 +68,9 @@ def main() -> int:
             print(f"{label:<32} FAILED:\n{results[label]['error'][-2500:]}", flush=True)
             continue
         results[label] = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{label:<32} " + "  ".join(f"b{n}: {v['crops_per_s']:>9,.0f}/s ({v['ms']:.2f} ms, dev {v['max_dev']:.1e})"
-                                          for n, v in results[label].items()), flush=True)
+        cells = [f"b{n}: {v['crops_per_s']:>9,.0f}/s ({v['ms']:.2f} ms, dev {v['max_dev']:.1e})"
+                 for n, v in results[label].items()]
+        print(f"{label:<32} " + "  ".join(cells), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0

@@ -243,7 +243,8 @@ def case_engine() -> None:
                 for p in c._packed.values()}
         expect = {(8, True): {"FoldedConv", "PackedConv1", "PackedConv2"}, (8, False): {"FoldedConv", "PackedConv1"},
                   (0, False): {"PackedConv1"}}[(fold_max_cin, xrun)]
-        assert expect <= used and (xrun or "PackedConv2" not in used) and (fold_max_cin or "FoldedConv" not in used), used
+        assert expect <= used, used
+        assert (xrun or "PackedConv2" not in used) and (fold_max_cin or "FoldedConv" not in used), used
     # members whose stems differ in width run their first convs one by one
     wide = ModelConfig(stages=((8,),), stem_width=8, in_size=8, name="w")
     mixed = Ensemble([models[0], build_model(wide).eval()], names=["a", "w"], configs=[cfgs[0], wide], rule="mean")
