@@ -64,13 +64,10 @@ def copy_bandwidth(dev) -> float:
     return 2 * a.numel() / (ms / 1e3)
 
 
-def repack(p: K.PackedConv, kb: int | None = None, xb: int = 1) -> K.PackedConv:
-    """A conv packed for the one-voxel-row kernel, packed again with reduction chunk ``kb`` or for
-    ``xb``-voxel rows."""
-    k3 = p.ks ** 3
-    w = p.weight[:k3 * p.cin_pad].view(k3, p.cin_pad, -1)[:, :p.cin, :p.cout].float()
-    w = w.permute(2, 1, 0).reshape(p.cout, p.cin, p.ks, p.ks, p.ks)
-    return K.pack_conv(w, p.bias[:p.cout], p.stride, p.pad, p.weight.dtype, kb=kb, xb=xb)
+def repack(conv, dtype: torch.dtype, kb: int | None = None, xb: int = 1) -> K.PackedConv:
+    """A member's conv (its BN-folded weights) packed for our kernel with reduction chunk ``kb`` or
+    for ``xb``-voxel rows."""
+    return K.pack_conv(conv.weight, conv.bias, conv.stride, conv.pad, dtype, kb=kb, xb=xb)
 
 
 def main() -> int:
@@ -116,17 +113,16 @@ def main() -> int:
             kb = packed.kb * mult
             if kb > 128 or kb >= 2 * packed.nchunk * packed.kb:
                 continue
-            pk = repack(packed, kb) if mult != 1 else packed
+            pk = repack(plain_conv, h.dtype, kb=kb) if mult != 1 else packed
             row["triton_ms"][f"kb{kb}x{w}x{st or 'd'}m{bm or 'd'}"] = bench(
                 lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st, block_m=bm))
         if packed.ks == 3 and packed.stride == 1:
             for xb, w, st, bm in xrun_sweep:
-                pk = repack(packed, xb=xb)
+                pk = repack(plain_conv, h.dtype, xb=xb)
                 row["triton_ms"][f"xrun{xb}x{w}x{st or 'd'}m{bm or 'd'}"] = bench(
                     lambda: K.conv3d(h, pk, residual=res, num_warps=w, num_stages=st, block_m=bm))
         if packed.ks == 3:
-            w5, b5 = conv.weight, conv.bias
-            fc = fold.pack_folded(w5, b5, packed.stride, 1, h.dtype)
+            fc = fold.pack_folded(conv.weight, conv.bias, packed.stride, 1, h.dtype)
             row["fold_conv_ms"] = bench(lambda: fold.folded_conv(h, fc))
             row["fold_ms"] = bench(lambda: K.bias_act_pad(fold.folded_conv(h, fc), fc.bias, residual=res))
         row["engine_ms"] = bench(lambda: member.conv(h, conv, residual=res))

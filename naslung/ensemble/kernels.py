@@ -302,13 +302,12 @@ def _pack_xrun(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dty
     bn = min(128, max(16, triton.next_power_of_2(ncols)))
     wcols = math.ceil(ncols / bn) * bn
     w = torch.zeros(ks * ks, nsub * kb, wcols, dtype=torch.float32, device=weight.device)
-    wf = weight.detach().float()
-    for dz in range(ks):
-        for dy in range(ks):
-            for xo in range(xb):
-                for dx in range(ks):
-                    xi = xo + dx
-                    w[dz * ks + dy, xi * cin:(xi + 1) * cin, xo * cout:(xo + 1) * cout] = wf[:, :, dz, dy, dx].T
+    # (COUT, CIN, kz, ky, kx) -> (kz * k + ky, kx, CIN, COUT): one (CIN, COUT) block per tap
+    taps = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ks * ks, ks, cin, cout)
+    for xo in range(xb):
+        for dx in range(ks):
+            xi = xo + dx
+            w[:, xi * cin:(xi + 1) * cin, xo * cout:(xo + 1) * cout] = taps[:, dx]
     b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
     if bias is not None:
         b[:ncols] = bias.detach().float().repeat(xb)
