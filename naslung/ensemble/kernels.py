@@ -50,8 +50,9 @@ import triton.language as tl
 # is 1). Border lines are written as zeros; each line's two x-border voxels too.
 @triton.jit
 def _line_rows(pid, NLINES, DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.constexpr, WO2: tl.constexpr,
-               LPB: tl.constexpr, XB: tl.constexpr = 1):
-    """Rows of a program's tile: each is XB consecutive output voxels of a line, starting at ``xo``."""
+               LPB: tl.constexpr, XB: tl.constexpr = 1, XBORDER: tl.constexpr = 1):
+    """Rows of a program's tile: each is XB consecutive output voxels of a line, starting at ``xo``
+    (``out_vox``: its index in an output whose lines have XBORDER zero voxels at each x end)."""
     i = tl.arange(0, LPB * (WO2 // XB))
     xo = (i % (WO2 // XB)) * XB
     line = pid * LPB + i // (WO2 // XB)
@@ -65,7 +66,7 @@ def _line_rows(pid, NLINES, DOP: tl.constexpr, HOP: tl.constexpr, WOP: tl.conste
     if WO2 != WOP - 2:
         inside = inside & (xo < WOP - 2)
         store_ok = store_ok & (xo < WOP - 2)
-    out_vox = line.to(tl.int64) * WOP + xo + 1
+    out_vox = line.to(tl.int64) * (WOP - 2 + 2 * XBORDER) + xo + XBORDER
     return xo, yp, zp, n, inside, store_ok, out_vox
 
 
@@ -131,10 +132,10 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
                    BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr,
-                   OSPLIT: tl.constexpr, GSTRIDE):
+                   OSPLIT: tl.constexpr, GSTRIDE, OXB: tl.constexpr = 1):
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
-    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB, 1, OXB)
     # first tap of each output voxel's window, in the padded input's coordinates
     zs = (zp - 1) * STRIDE + 1 - PAD
     ys = (yp - 1) * STRIDE + 1 - PAD
@@ -171,7 +172,8 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
         acc += tl.load(res_ptr + out_off, mask=out_ok & inside[:, None], other=0.0).to(tl.float32)
     acc = tl.where(inside[:, None], acc, 0.0)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
-    _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, BN, pid_n * BN, OSPLIT, GSTRIDE)
+    if OXB:
+        _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, BN, pid_n * BN, OSPLIT, GSTRIDE)
 
 
 @triton.jit
@@ -182,10 +184,13 @@ def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                         XB: tl.constexpr, KB: tl.constexpr, NSUB: tl.constexpr, WO2: tl.constexpr,
                         LPB: tl.constexpr, BN: tl.constexpr, CP: tl.constexpr, RELU: tl.constexpr,
                         HAS_RES: tl.constexpr, sx_ptr, sw_ptr, sb_ptr, HAS_SC: tl.constexpr,
-                        SC_CIN: tl.constexpr, SC_KB: tl.constexpr):
+                        SC_CIN: tl.constexpr, SC_KB: tl.constexpr, GDY: tl.constexpr = 1,
+                        OSPLIT: tl.constexpr = 0, GSTRIDE=0):
     """Stride-1 'same' conv, a tile row = XB output voxels of a line: per (dz, dy) one contiguous
-    run of XB + KS - 1 input voxels times a banded weight (columns (xo, co)), so each input voxel
-    is fetched 9 (XB + 2) / XB times instead of 27."""
+    run of XB + KS - 1 input voxels times a banded weight, so each input voxel is fetched
+    9 (XB + 2) / XB times instead of 27. ``GDY == KS``: one reduction chunk holds the KS runs of
+    a dz (less padding when a run is not a power of two). Columns are (group, xo, channel) with
+    groups of OSPLIT channels written GSTRIDE elements apart (OSPLIT == 0: one group of COUT)."""
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB, XB)
@@ -195,25 +200,43 @@ def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     co = pid_n * BN + tl.arange(0, BN)  # output column: (voxel of the row, channel)
     acc = tl.zeros((LPB * (WO2 // XB), BN), dtype=tl.float32)
     RAGGED: tl.constexpr = (WOP - 2) % XB != 0  # the last row of a line runs past the line's end
-    for c in range(KS * KS * NSUB):
-        j = (c % NSUB) * KB + cols
-        tap = c // NSUB
-        off = ((tap // KS) * HIP + tap % KS) * WIP * CIN + j
-        mask = inside[:, None]
-        if NSUB * KB != RUN:
-            mask = mask & (j < RUN)[None, :]
+    if GDY == 1:
+        for c in range(KS * KS * NSUB):
+            j = (c % NSUB) * KB + cols
+            tap = c // NSUB
+            off = ((tap // KS) * HIP + tap % KS) * WIP * CIN + j
+            mask = inside[:, None]
+            if NSUB * KB != RUN:
+                mask = mask & (j < RUN)[None, :]
+            if RAGGED:
+                mask = mask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
+            a = tl.load(x_ptr + base[:, None] + off[None, :], mask=mask, other=0.0)
+            w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
+            acc += tl.dot(a, w)
+    else:  # chunk c = dz, column (dy, element of the run)
+        j = cols % RUN
+        off = (cols // RUN) * WIP * CIN + j
+        kmask = (cols < KS * RUN)[None, :]
         if RAGGED:
-            mask = mask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
-        a = tl.load(x_ptr + base[:, None] + off[None, :], mask=mask, other=0.0)
-        w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
-        acc += tl.dot(a, w)
+            kmask = kmask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
+        for c in range(KS):
+            a = tl.load(x_ptr + base[:, None] + (c * HIP * WIP * CIN + off)[None, :], mask=inside[:, None] & kmask,
+                        other=0.0)
+            w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
+            acc += tl.dot(a, w)
     acc += tl.load(b_ptr + co)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    out_off = out_vox[:, None] * COUT + co[None, :]
+    if OSPLIT == 0:
+        xl = co // COUT
+        out_off = out_vox[:, None] * COUT + co[None, :]
+    else:
+        xl = (co % (XB * OSPLIT)) // OSPLIT
+        out_off = ((out_vox[:, None] + xl[None, :]) * OSPLIT + (co % OSPLIT)[None, :]
+                   + (co // (XB * OSPLIT)).to(tl.int64)[None, :] * GSTRIDE)
     out_ok = store_ok[:, None] & (co < XB * COUT)[None, :]
     if RAGGED:
-        out_ok = out_ok & (xo[:, None] + (co // COUT)[None, :] < WOP - 2)
+        out_ok = out_ok & (xo[:, None] + xl[None, :] < WOP - 2)
     if HAS_RES:
         acc += tl.load(res_ptr + out_off, mask=out_ok & inside[:, None], other=0.0).to(tl.float32)
     if HAS_SC:
@@ -222,7 +245,7 @@ def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     acc = tl.where(inside[:, None], acc, 0.0)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
     if pid_n == 0:
-        _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, CP, 0)
+        _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, CP, 0, OSPLIT, GSTRIDE)
 
 
 @dataclass
@@ -241,6 +264,8 @@ class PackedConv:
     nchunk: int  # reduction chunks (x-run kernel: chunks per (dz, dy) run)
     bn: int
     xb: int = 1  # output voxels per tile row (> 1: the x-run kernel, weight banded along x)
+    gdy: int = 1  # x-run kernel: (dz, dy) runs per reduction chunk (1, or k: one chunk per dz)
+    osplit: int = 0  # x-run kernel: columns grouped for out_split=osplit (0: not split)
     # launch parameters (None: conv3d's defaults); see conv3d
     block_m: int | None = None
     num_warps: int = 4
@@ -248,14 +273,15 @@ class PackedConv:
 
 
 def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-              dtype: torch.dtype, kb: int | None = None, xb: int = 1) -> PackedConv:
+              dtype: torch.dtype, kb: int | None = None, xb: int = 1, out_split: int | None = None) -> PackedConv:
     """Pack a cubic-kernel conv ``weight`` (COUT, CIN, k, k, k) for :func:`conv3d`.
 
     ``kb``: reduction chunk (a power of two >= 16); by default 128 for 4 channels, 32 for 1, 2 and 8
     (several taps per chunk), else min(64, channels), doubled for strided convs -- the fastest of
     16..128 measured on an H200 (docs/benchmarks.md). ``xb`` > 1 (a power of two; 3x3x3
     stride-1 convs only) packs for the x-run kernel: tile rows of ``xb`` output voxels, the
-    weight banded along x.
+    weight banded along x; ``out_split`` then fixes the output split (see :func:`conv3d`), which
+    the x-run kernel's column order depends on.
     """
     cout, cin, kd, kh, kw = weight.shape
     if not kd == kh == kw or kd % 2 == 0 or padding != kd // 2 or padding > 1:
@@ -263,7 +289,9 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
                          f"padding {padding}")
     ks = kd
     if xb != 1:
-        return _pack_xrun(weight, bias, stride, dtype, xb, kb)
+        return _pack_xrun(weight, bias, stride, dtype, xb, kb, out_split)
+    if out_split is not None:
+        raise ValueError("out_split is packed only for the x-run kernel (xb > 1); pass it to conv3d")
     cin_pad = triton.next_power_of_2(cin)
     if kb is None:
         if cin_pad >= 16:
@@ -288,31 +316,46 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
 
 def _pack_xrun(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dtype: torch.dtype, xb: int,
-               kb: int | None) -> PackedConv:
-    """Rows ``(dz * k + dy) * nsub * kb + xi * cin + ci``, columns ``xo * cout + co``:
-    ``W[co, ci, dz, dy, xi - xo]`` where ``0 <= xi - xo < k``, else zero."""
+               kb: int | None, out_split: int | None = None) -> PackedConv:
+    """Rows ``(dz * k + dy) * nsub * kb + xi * cin + ci`` (or ``dz * kb + dy * run + xi * cin + ci``
+    when a chunk holds a dz's k runs: where that pads less), columns ``(g, xo, c)`` for output
+    channel ``g * split + c`` (split = cout unless ``out_split``): ``W[co, ci, dz, dy, xi - xo]``
+    where ``0 <= xi - xo < k``, else zero."""
     cout, cin, ks = weight.shape[0], weight.shape[1], weight.shape[-1]
     if ks != 3 or stride != 1 or xb < 2 or xb & (xb - 1):
         raise ValueError(f"the x-run kernel takes 3x3x3 stride-1 convs and xb a power of two >= 2, got kernel {ks}, "
                          f"stride {stride}, xb {xb}")
+    split = cout if out_split is None else out_split
+    if split < 1 or cout % split or (out_split is not None and (xb * split < 16 or xb * split & (xb * split - 1))):
+        raise ValueError(f"out_split {out_split} must divide {cout} channels into groups whose {xb}-voxel rows are "
+                         f"a power of two >= 16 columns")
     run = (xb + ks - 1) * cin
-    kb = kb or max(16, min(128, triton.next_power_of_2(run)))
-    nsub = math.ceil(run / kb)
+    grouped = kb is None and triton.next_power_of_2(ks * run) < min(256, ks * triton.next_power_of_2(run)) + 1
+    if grouped:
+        kb, nsub, gdy = max(16, triton.next_power_of_2(ks * run)), 1, ks
+    else:
+        kb = kb or max(16, min(128, triton.next_power_of_2(run)))
+        nsub, gdy = math.ceil(run / kb), 1
     ncols = xb * cout
-    bn = min(128, max(16, triton.next_power_of_2(ncols)))
+    bn = xb * split if out_split is not None else min(128, max(16, triton.next_power_of_2(ncols)))
     wcols = math.ceil(ncols / bn) * bn
-    w = torch.zeros(ks * ks, nsub * kb, wcols, dtype=torch.float32, device=weight.device)
-    # (COUT, CIN, kz, ky, kx) -> (kz * k + ky, kx, CIN, COUT): one (CIN, COUT) block per tap
-    taps = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ks * ks, ks, cin, cout)
+    # (COUT, CIN, kz, ky, kx) -> (kz, ky, kx, CIN, COUT); COUT as (group, channel of the group)
+    taps = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ks, ks, ks, cin, cout // split, split)
+    w = torch.zeros(ks, ks, nsub * kb, cout // split, xb, split, dtype=torch.float32, device=weight.device)
     for xo in range(xb):
         for dx in range(ks):
             xi = xo + dx
-            w[:, xi * cin:(xi + 1) * cin, xo * cout:(xo + 1) * cout] = taps[:, dx]
+            w[:, :, xi * cin:(xi + 1) * cin, :, xo, :] = taps[:, :, dx]
+    w = w.reshape(ks, ks, nsub * kb, ncols)
+    if grouped:  # rows (dz, dy * run + j) in chunks of kb per dz
+        w = torch.cat([w[:, :, :run].reshape(ks, ks * run, ncols),
+                       torch.zeros(ks, kb - ks * run, ncols, device=weight.device)], dim=1)
+    w = torch.cat([w.reshape(-1, ncols), torch.zeros(w.numel() // ncols, wcols - ncols, device=weight.device)], 1)
     b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
     if bias is not None:
-        b[:ncols] = bias.detach().float().repeat(xb)
-    return PackedConv(w.reshape(ks * ks * nsub * kb, wcols).to(dtype).contiguous(), b, cin, cout, ks, 1, 1,
-                      cin, kb, nsub, bn, xb=xb)
+        b[:ncols] = bias.detach().float().view(cout // split, 1, split).expand(-1, xb, -1).reshape(-1)
+    return PackedConv(w.to(dtype).contiguous(), b, cin, cout, ks, 1, 1, cin, kb, nsub, bn, xb=xb, gdy=gdy,
+                      osplit=0 if out_split is None else split)
 
 
 @dataclass
@@ -360,12 +403,15 @@ def _shortcut_args(shortcut, out_shape: tuple, xb: int, wcols: int) -> tuple:
 def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch.Tensor | None = None,
            shortcut: tuple[torch.Tensor, PackedShortcut] | None = None,
            out_split: int | None = None, block_m: int | None = None, num_warps: int | None = None,
-           num_stages: int | None = None) -> torch.Tensor:
+           num_stages: int | None = None, x_border: int = 1) -> torch.Tensor:
     """Conv of a padded NDHWC buffer -> padded NDHWC buffer (bias, ReLU, + residual fused).
 
     ``out_split``: write output channels in groups of this many to separate buffers, returned
     stacked as (cout / out_split, N, D+2, H+2, W+2, out_split) -- all members' first convs run as
-    one and each member gets its own contiguous buffer. ``shortcut`` (x-run kernel only): (block
+    one and each member gets its own contiguous buffer. ``x_border=0`` (one-voxel rows only):
+    the output lines have no x border, (N, D+2, H+2, W, C) -- the layout a folded conv reads
+    fastest when W * C is a multiple of 128 (the stem's 4->4 conv: 0.39 vs 0.62 ms on an H200,
+    ``folded_conv(..., x_border=0)``). ``shortcut`` (x-run kernel only): (block
     input, packed 1x1 conv) -- adds ``relu(shortcut(input))`` in the epilogue, so a residual block
     needs no separate shortcut launch. ``block_m``: output voxels per program
     (default 256 for rows of 16 or more voxels, else 128: the H200 sweep's best). ``block_m``,
@@ -376,7 +422,9 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
         raise ValueError(f"conv expects {p.cin} input channels, buffer has {xc}")
     d, h, w = dip - 2, hip - 2, wip - 2
     do, ho, wo = ((s + 2 * p.pad - p.ks) // p.stride + 1 for s in (d, h, w))
-    padded = (n, do + 2, ho + 2, wo + 2)
+    if x_border not in (0, 1) or (x_border == 0 and (p.xb > 1 or residual is not None or shortcut is not None)):
+        raise ValueError(f"x_border must be 1, or 0 for one-voxel rows without residual or shortcut; got {x_border}")
+    padded = (n, do + 2, ho + 2, wo + 2 * x_border)
     if out_split is not None:
         if out_split < 1 or p.cout % out_split or residual is not None:
             raise ValueError(f"out_split {out_split} must divide {p.cout} output channels (and no residual)")
@@ -392,7 +440,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
         # diagnosed; the x-run kernel and the folded epilogue pass the GPU tests)
         raise ValueError("a fused shortcut needs the x-run kernel (xb > 1) and no residual")
     sx, sw, sb, has_sc, sc_cin, sc_kb = _shortcut_args(shortcut, tuple(out.shape), p.xb, p.weight.shape[1])
-    block_m = block_m or p.block_m or (256 if wo >= 16 else 128)
+    block_m = block_m or p.block_m or (256 if wo >= 16 else 128) * max(1, p.xb // 2)
     num_warps = num_warps or p.num_warps
     num_stages = num_stages or p.num_stages
     wo2, lpb = _tiling(max(wo, p.xb), block_m)
@@ -400,19 +448,19 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     extra = {} if num_stages is None else {"num_stages": num_stages}
     if p.xb > 1:
-        if out_split is not None:
-            raise ValueError("the x-run kernel does not split its output")
+        if (out_split or 0) != p.osplit:
+            raise ValueError(f"this x-run conv was packed for out_split={p.osplit or None}, not {out_split}")
         _conv3d_xrun_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                                   do + 2, ho + 2, wo + 2, dip, hip, wip, p.cin, p.cout, p.weight.shape[1], p.ks,
                                   p.xb, p.kb, p.nchunk, wo2, lpb, p.bn, triton.next_power_of_2(p.cout), relu,
-                                  residual is not None, sx, sw, sb, has_sc, sc_cin, sc_kb,
+                                  residual is not None, sx, sw, sb, has_sc, sc_cin, sc_kb, p.gdy, osplit, gstride,
                                   num_warps=num_warps, **extra)
         return out
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                          do + 2, ho + 2, wo + 2, dip, hip, wip,
                          p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
-                         osplit, gstride, num_warps=num_warps, **extra)
+                         osplit, gstride, x_border, num_warps=num_warps, **extra)
     return out
 
 
@@ -475,8 +523,12 @@ def shortcut_columns(channels: int) -> int:
 
 
 # ----------------------------------------------------------------------------- CBAM as passes
+# CBAM's input is either a padded buffer or the *raw* output of a folded conv (unpadded, before its
+# bias and ReLU): then each pass applies ``relu(y + bias)`` as it loads, and the folded conv needs
+# no epilogue pass of its own (``bias=`` below).
 @triton.jit
-def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, BV: tl.constexpr):
+def _channel_stats_kernel(x_ptr, b_ptr, sum_ptr, max_ptr, V, CHUNK: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
+                          BV: tl.constexpr, HAS_BIAS: tl.constexpr):
     n = tl.program_id(0)
     part = tl.program_id(1)
     ch = tl.arange(0, CP)
@@ -486,34 +538,49 @@ def _channel_stats_kernel(x_ptr, sum_ptr, max_ptr, V, CHUNK: tl.constexpr, C: tl
     acc_m = tl.full((BV, CP), float("-inf"), dtype=tl.float32)
     start = part * CHUNK
     base = x_ptr + n.to(tl.int64) * V * C
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + ch, mask=ch_ok, other=0.0)[None, :]
     for v0 in range(0, CHUNK, BV):  # constexpr bounds: the interpreter cannot loop to a runtime value
         v = start + v0 + vs
         ok = ((v < V) & (v < start + CHUNK))[:, None] & ch_ok[None, :]
         t = tl.load(base + v[:, None] * C + ch[None, :], mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            t = tl.where(ok, tl.maximum(t + bias, 0.0), 0.0)
         acc_s += t
         acc_m = tl.maximum(acc_m, tl.where(ok, t, float("-inf")))
     tl.atomic_add(sum_ptr + n * C + ch, tl.sum(acc_s, axis=0), mask=ch_ok)
     tl.atomic_max(max_ptr + n * C + ch, tl.max(acc_m, axis=0), mask=ch_ok)
 
 
-def channel_stats(x: torch.Tensor, parts: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(crop, channel) sum and max over every voxel of ``x`` (N, ..., C), both fp32 (N, C).
+def channel_stats(x: torch.Tensor, parts: int | None = None,
+                  bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(crop, channel) sum and max over every voxel of ``x`` (N, ..., C), both fp32 (N, C);
+    of ``relu(x + bias)`` when ``bias`` is given (``x`` a folded conv's raw output).
 
-    One pass over ``x``; each crop is split into ``parts`` chunks (default: enough programs to fill
-    the card) that meet through atomics.
+    One pass over ``x``; each crop is split into ``parts`` chunks (default: about four programs
+    per crop at batch 1024 -- enough loads in flight to stream at the card's bandwidth) that meet
+    through atomics.
     """
     n, c = x.shape[0], x.shape[-1]
     v = x[0].numel() // c
     cp = triton.next_power_of_2(c)
     bv = max(16, 2048 // cp)
     if parts is None:
-        parts = max(1, min(triton.cdiv(v, 4 * bv), triton.cdiv(1024, n)))
+        parts = max(1, min(triton.cdiv(v, 4 * bv), triton.cdiv(4096, n)))
     chunk = triton.cdiv(triton.cdiv(v, parts), bv) * bv
     parts = triton.cdiv(v, chunk)
     s = torch.zeros((n, c), device=x.device, dtype=torch.float32)
     m = torch.full((n, c), float("-inf"), device=x.device, dtype=torch.float32)
-    _channel_stats_kernel[(n, parts)](x, s, m, v, chunk, c, cp, bv)
+    _channel_stats_kernel[(n, parts)](x, _bias_arg(bias, c, x), s, m, v, chunk, c, cp, bv, bias is not None)
     return s, m
+
+
+def _bias_arg(bias: torch.Tensor | None, c: int, fallback: torch.Tensor) -> torch.Tensor:
+    if bias is None:
+        return fallback
+    if bias.numel() < c:
+        raise ValueError(f"bias has {bias.numel()} values for {c} channels")
+    return bias.float().contiguous()
 
 
 @triton.jit
@@ -558,46 +625,53 @@ def channel_gate(total: torch.Tensor, mx: torch.Tensor, count: int, fc1: torch.T
 
 
 @triton.jit
-def _cbam_desc_kernel(x_ptr, g_ptr, out_ptr, NV, VPC, W: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
-                      BV: tl.constexpr):
+def _cbam_desc_kernel(x_ptr, b_ptr, g_ptr, out_ptr, NLINES, DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
+                      C: tl.constexpr, CP: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr, RAW: tl.constexpr):
     pid = tl.program_id(0)
-    v = pid.to(tl.int64) * BV + tl.arange(0, BV)  # output voxel: (n, z, y) line of the padded input, x interior
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
     ch = tl.arange(0, CP)
     ch_ok = ch < C
-    ok = v < NV
-    n = v // VPC
-    src = (v // W) * (W + 2) + v % W + 1
-    m2 = ok[:, None] & ch_ok[None, :]
+    m2 = inside[:, None] & ch_ok[None, :]
+    if RAW:  # unpadded raw conv output, used as relu(y + bias)
+        src = _unpadded_vox(n, zp, yp, xo, DP, HP, WP)
+    else:
+        src = out_vox
     t = tl.load(x_ptr + src[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+    if RAW:
+        t = tl.where(m2, tl.maximum(t + tl.load(b_ptr + ch, mask=ch_ok, other=0.0)[None, :], 0.0), 0.0)
     t = t * tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=m2, other=0.0)
     if C != CP:
         mx = tl.max(tl.where(ch_ok[None, :], t, float("-inf")), axis=1)
     else:
         mx = tl.max(t, axis=1)
     mean = tl.sum(t, axis=1) / C
-    tl.store(out_ptr + 2 * v, mx.to(out_ptr.dtype.element_ty), mask=ok)
-    tl.store(out_ptr + 2 * v + 1, mean.to(out_ptr.dtype.element_ty), mask=ok)
+    dst = 2 * (((n * DP + zp) * HP + yp) * (WP - 2) + xo)  # the descriptor's lines are W voxels long
+    tl.store(out_ptr + dst, mx.to(out_ptr.dtype.element_ty), mask=store_ok)
+    tl.store(out_ptr + dst + 1, mean.to(out_ptr.dtype.element_ty), mask=store_ok)
 
 
-def cbam_desc(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def cbam_desc(x: torch.Tensor, gate: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """CBAM's spatial descriptor of a padded buffer: channel max and mean of ``gate * x`` per voxel,
     (N, D+2, H+2, W, 2) -- padded in z and y (zero there: zero inputs give zero max and mean), not
     in x, so that the folded gate conv sees 2 * W channels (a multiple of 8, which cuDNN's fast
-    kernels need; run it with ``x_border=0``)."""
-    n, dp, hp, wp, c = x.shape
+    kernels need; run it with ``x_border=0``). With ``bias``, ``x`` is a folded conv's raw output
+    (N, D, H, W, C) and the descriptor is that of ``relu(x + bias)``."""
+    if bias is None:
+        n, dp, hp, wp, c = x.shape
+    else:
+        n, d, h, w, c = x.shape
+        dp, hp, wp = d + 2, h + 2, w + 2
     out = torch.empty((n, dp, hp, wp - 2, 2), device=x.device, dtype=x.dtype)
-    vpc = dp * hp * (wp - 2)
-    cp = triton.next_power_of_2(c)
-    bv = max(32, 4096 // cp)
-    _cbam_desc_kernel[(triton.cdiv(n * vpc, bv),)](x, gate.float().contiguous(), out, n * vpc, vpc, wp - 2, c, cp,
-                                                    bv)
+    cp, wo2, lpb, grid = _pass_launch(n, dp, hp, wp - 2, c, 4096 // triton.next_power_of_2(c))
+    _cbam_desc_kernel[(grid,)](x, _bias_arg(bias, c, x), gate.float().contiguous(), out, n * dp * hp, dp, hp, wp, c,
+                               cp, wo2, lpb, bias is not None)
     return out
 
 
 @triton.jit
-def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
+def _cbam_apply_kernel(x_ptr, b_ptr, a_ptr, g_ptr, out_ptr, NLINES,
                        DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
-                       WO2: tl.constexpr, LPB: tl.constexpr, NASLUNG: tl.constexpr):
+                       WO2: tl.constexpr, LPB: tl.constexpr, NASLUNG: tl.constexpr, RAW: tl.constexpr):
     pid = tl.program_id(0)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
     ch = tl.arange(0, CP)
@@ -606,7 +680,11 @@ def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
     s = tl.sigmoid(tl.load(a_ptr + a_off, mask=inside, other=0.0).to(tl.float32))[:, None]
     off = out_vox[:, None] * C + ch[None, :]
     m2 = inside[:, None] & ch_ok
-    xc = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    if RAW:
+        xc = tl.load(x_ptr + a_off[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
+        xc = tl.maximum(xc + tl.load(b_ptr + ch, mask=ch < C, other=0.0)[None, :], 0.0)
+    else:
+        xc = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
     if NASLUNG:
         y = s * xc + xc
     else:
@@ -617,16 +695,26 @@ def _cbam_apply_kernel(x_ptr, a_ptr, g_ptr, out_ptr, NLINES,
 
 
 def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, naslung: bool,
-               block_m: int | None = None) -> torch.Tensor:
-    """CBAM's output on a padded buffer from the spatial logits (N, D, H, W) (before the sigmoid):
-    ``s * x + x`` for NAS-Lung's CBAM, ``s * gate * x`` for the original."""
-    n, dp, hp, wp, c = x.shape
+               block_m: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """CBAM's output as a padded buffer from the spatial logits (N, D, H, W) (before the sigmoid):
+    ``s * x + x`` for NAS-Lung's CBAM, ``s * gate * x`` for the original. With ``bias``, ``x`` is
+    a folded conv's raw output (N, D, H, W, C), used as ``relu(x + bias)``.
+
+    (The gate's 3x3x3 conv computed here from the descriptor's 27 neighbours, instead of as a
+    folded cuDNN conv writing logits, made this pass 3x slower on an H200: 4.9 vs 1.5 ms per
+    batch of 1024 over the ensemble's 20 CBAMs, docs/measurements/2026-12-01/run23.)
+    """
+    if bias is None:
+        n, dp, hp, wp, c = x.shape
+    else:
+        n, d, h, w, c = x.shape
+        dp, hp, wp = d + 2, h + 2, w + 2
     if logits.shape != (n, dp - 2, hp - 2, wp - 2):
-        raise ValueError(f"logits shape {tuple(logits.shape)} does not match buffer {tuple(x.shape)}")
+        raise ValueError(f"logits shape {tuple(logits.shape)} does not match buffer {(n, dp, hp, wp, c)}")
     cp, wo2, lpb, grid = _pass_launch(n, dp, hp, wp - 2, c, block_m)
-    out = torch.empty_like(x)
-    _cbam_apply_kernel[(grid,)](x, logits.contiguous(), gate.float().contiguous(), out, n * dp * hp,
-                                dp, hp, wp, c, cp, wo2, lpb, naslung)
+    out = torch.empty((n, dp, hp, wp, c), device=x.device, dtype=x.dtype)
+    _cbam_apply_kernel[(grid,)](x, _bias_arg(bias, c, x), logits.contiguous(), gate.float().contiguous(), out,
+                                n * dp * hp, dp, hp, wp, c, cp, wo2, lpb, naslung, bias is not None)
     return out
 
 

@@ -80,6 +80,30 @@ def case_split() -> None:
         err = (K.interior(out[i]).permute(0, 4, 1, 2, 3) - ref[:, 4 * i:4 * i + 4]).abs().max().item()
         assert err < 1e-4, (i, err)
     _each_raises_value_error(lambda: K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), out_split=5))
+    # without x border (what a folded conv reads with x_border=0): lines W voxels long, z/y border zero
+    out = K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), out_split=4, x_border=0)
+    assert out.shape == (3, 2, 7, 8, 7, 4), out.shape
+    assert (out[:, :, [0, -1]] == 0).all() and (out[:, :, :, [0, -1]] == 0).all()
+    err = (out[:, :, 1:-1, 1:-1].permute(1, 0, 5, 2, 3, 4).reshape(2, 12, 5, 6, 7) - ref).abs().max().item()
+    assert err < 1e-4, err
+    p2 = K.pack_conv(wt, b, 1, 1, torch.float32, xb=2)
+    _each_raises_value_error(lambda: K.conv3d(_padded(x), p2, x_border=0),  # one-voxel rows only
+                             lambda: K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), x_border=2))
+    # the x-run kernel splits too (packed for it: columns grouped per buffer), ragged widths included
+    for size, xb, split in [((3, 4, 10), 8, 4), ((2, 3, 7), 4, 4), ((3, 3, 4), 4, 4)]:
+        x = torch.rand(2, 1, *size, generator=g)
+        ref = torch.relu(F.conv3d(x, wt, b, 1, 1))
+        p = K.pack_conv(wt, b, 1, 1, torch.float32, xb=xb, out_split=split)
+        out = K.conv3d(_padded(x), p, out_split=split)
+        assert out.shape == (12 // split, 2, *(s + 2 for s in size), split), out.shape
+        for i in range(12 // split):
+            _check_border_zero(out[i])
+            err = (K.interior(out[i]).permute(0, 4, 1, 2, 3) - ref[:, split * i:split * (i + 1)]).abs().max().item()
+            assert err < 1e-4, (size, xb, split, i, err)
+        _each_raises_value_error(lambda: K.conv3d(_padded(x), p), lambda: K.conv3d(_padded(x), p, out_split=2))
+    _each_raises_value_error(lambda: K.pack_conv(wt, b, 1, 1, torch.float32, xb=2, out_split=4),  # 8 columns
+                             lambda: K.pack_conv(wt, b, 1, 1, torch.float32, xb=8, out_split=5),  # does not divide
+                             lambda: K.pack_conv(wt, b, 1, 1, torch.float32, out_split=4))  # one-voxel rows
     print("split ok")
 
 
@@ -88,7 +112,9 @@ def case_xrun() -> None:
     multiple of the row (ragged last row), several column tiles, residual, padded channel counts."""
     g = torch.Generator().manual_seed(3)
     for cin, cout, size, xb, res in [(16, 16, 4, 2, True), (8, 16, (3, 4, 5), 2, False), (4, 8, (3, 3, 5), 4, True),
-                                     (3, 5, (2, 3, 3), 4, False), (64, 128, 2, 2, True), (16, 8, 3, 8, False)]:
+                                     (3, 5, (2, 3, 3), 4, False), (64, 128, 2, 2, True), (16, 8, 3, 8, False),
+                                     (4, 4, (3, 2, 10), 8, True), (1, 4, (2, 3, 9), 8, False),
+                                     (8, 8, (2, 2, 8), 8, False)]:
         d, h, w = size if isinstance(size, tuple) else (size,) * 3
         x = torch.rand(2, cin, d, h, w, generator=g) - 0.3
         wt = torch.randn(cout, cin, 3, 3, 3, generator=g) * 0.3
@@ -96,7 +122,8 @@ def case_xrun() -> None:
         ref = torch.relu(F.conv3d(x, wt, b, 1, 1))
         r = torch.rand(ref.shape, generator=g) if res else None
         p = K.pack_conv(wt, b, 1, 1, torch.float32, xb=xb)
-        assert p.xb == xb
+        # a chunk holds a dz's three runs where one run would pad more: 4 and 8 channels, 1 to 3 at 4+ voxels
+        assert p.xb == xb and p.gdy == (3 if (cin, xb) in {(4, 8), (1, 8), (8, 8), (3, 4)} else 1), (cin, xb, p.gdy)
         out = K.conv3d(_padded(x), p, residual=None if r is None else _padded(r))
         _check_border_zero(out)
         got = K.interior(out).permute(0, 4, 1, 2, 3)
@@ -177,7 +204,8 @@ def case_fold() -> None:
 
 
 def case_cbam() -> None:
-    """Channel statistics, descriptor, folded gate conv and output pass == CBAM3d (both variants)."""
+    """Channel statistics, descriptor, folded gate conv and output pass == CBAM3d (both variants), and
+    every pass on a folded conv's raw output (bias + ReLU applied as loaded)."""
     from naslung.ensemble import fold
     from naslung.models.cbam import CBAM3d
 
@@ -207,6 +235,23 @@ def case_cbam() -> None:
         _check_border_zero(out)
         err = (K.interior(out).permute(0, 4, 1, 2, 3) - ref).abs().max().item()
         assert err < 1e-5, (variant, c, err)
+        # every pass on a folded conv's raw output: relu(y + bias) applied as loaded (some y < -bias)
+        bias = torch.randn(c)
+        y = torch.randn(2, d, h, w, c)
+        xr = torch.relu(y + bias).permute(0, 4, 1, 2, 3)
+        with torch.no_grad():
+            ref_r, gate_r = m(xr), m.channel_gate(xr)[:, :, 0, 0, 0]
+        total_r, mx_r = K.channel_stats(y, parts=2, bias=bias)
+        assert torch.allclose(total_r, xr.sum(dim=(2, 3, 4)), atol=1e-4) and torch.equal(mx_r, xr.amax(dim=(2, 3, 4)))
+        desc_r = K.cbam_desc(y, gate_r, bias=bias)
+        assert torch.allclose(desc_r, K.cbam_desc(_padded(xr), gate_r), atol=1e-6), "raw descriptor"
+        logits_r = fold.folded_conv(desc_r, gate_conv, x_border=0)[..., 0]
+        out_r = K.cbam_apply(y, logits_r, gate_r, naslung=variant == "naslung", bias=bias)
+        _check_border_zero(out_r)
+        assert (K.interior(out_r).permute(0, 4, 1, 2, 3) - ref_r).abs().max().item() < 1e-5, (variant, "raw")
+    _each_raises_value_error(lambda: K.cbam_apply(xp, desc, gate, naslung=True),  # a descriptor is not logits
+                             lambda: K.cbam_apply(y, logits[:, 1:], gate, naslung=True, bias=bias),
+                             lambda: K.channel_stats(y, bias=torch.randn(c - 1)))
     print("cbam ok")
 
 
@@ -230,13 +275,23 @@ def case_engine() -> None:
         models.append(m.eval())
     ens = Ensemble(models, names=[c.name for c in cfgs], configs=cfgs, rule="mean")
     x = torch.rand(3, 1, 8, 8, 8)
-    # the default plan (folded, 2-voxel rows and one-voxel rows mixed), no 2-voxel rows, nothing folded
-    for fold_max_cin, xrun, fused in ((8, True, True), (8, True, False), (8, False, True), (0, False, True)):
+    # the default plan (folded, 2-voxel rows and one-voxel rows mixed), no 2-voxel rows, nothing folded;
+    # the stem's CBAM on its folded conv's raw output or not
+    stats_on_raw = []
+    stats = K.channel_stats
+    K.channel_stats = lambda h, parts=None, bias=None: stats_on_raw.append(bias is not None) or stats(h, parts, bias)
+    for fold_max_cin, xrun, fused, raw in ((8, True, True, True), (8, True, False, False), (8, False, True, True),
+                                           (0, False, True, True)):
         fast = FastEnsemble(ens, "cpu", backend="triton", fold_max_cin=fold_max_cin, xrun=xrun,
-                            fuse_shortcut=fused)
+                            fuse_shortcut=fused, raw_cbam=raw)
         assert fast.backend == "triton" and fast._shared_stem is not None
+        stats_on_raw.clear()
         err = (fast.member_proba(x) - ens.member_proba(x)).abs().max().item()
-        assert err < 1e-5, (fold_max_cin, xrun, fused, err)
+        assert err < 1e-5, (fold_max_cin, xrun, fused, raw, err)
+        # members a and c have a stem CBAM; only a folded stem conv leaves a raw output to read
+        assert any(stats_on_raw) == (raw and fold_max_cin > 0), stats_on_raw
+        # the first convs write no x border exactly where every member's second conv is folded
+        assert all(m.stem_reads_unbordered(8) for _, m in fast.groups) == (fold_max_cin > 0)
         err = (fast.predict_proba(x) - ens.predict_proba(x)).abs().max().item()
         assert err < 1e-5, (fold_max_cin, xrun, fused, err)
         used = {type(p).__name__ + str(getattr(p, "xb", "")) for _, m in fast.groups for c in _member_convs(m)
@@ -245,6 +300,7 @@ def case_engine() -> None:
                   (0, False): {"PackedConv1"}}[(fold_max_cin, xrun)]
         assert expect <= used, used
         assert (xrun or "PackedConv2" not in used) and (fold_max_cin or "FoldedConv" not in used), used
+    K.channel_stats = stats
     # members whose stems differ in width run their first convs one by one
     wide = ModelConfig(stages=((8,),), stem_width=8, in_size=8, name="w")
     mixed = Ensemble([models[0], build_model(wide).eval()], names=["a", "w"], configs=[cfgs[0], wide], rule="mean")
