@@ -18,6 +18,7 @@ from pathlib import Path
 VARIANTS = {
     "default": {},
     "stem CBAM on padded output": {"raw_cbam": False},
+    "folded inputs with x border": {"fold_unbordered": False},
     "no 2-voxel rows": {"xrun": False},
     "shortcuts unfused": {"fuse_shortcut": False},
     "neither": {"xrun": False, "fuse_shortcut": False},

@@ -390,21 +390,22 @@ class TritonMember(nn.Module):
     conv1, conv2 adding the shortcut's buffer). A CBAM is four passes and a conv: channel
     sums/maxima, the gate MLP (one tiny launch), the spatial descriptor, the gate conv (folded),
     then sigmoid and output in one pass; the stem's CBAM reads its folded conv's raw output
-    (``raw_cbam``). (Gathering the sums/maxima in the producing conv's
+    (``raw_cbam``). A buffer read only by a folded conv has no x border (``fold_unbordered``,
+    see :meth:`tail`). (Gathering the sums/maxima in the producing conv's
     epilogue with atomics was measured slower on an H200, twice: 40.2k vs 46.9k crops/s at batch
     1024 in our conv kernel, 47.3k vs 51.2k in the folded convs' epilogue pass.)
     Output: (1, N, K) fp32 probabilities, like :class:`GroupedMembers`.
     """
 
     def __init__(self, net: nn.Module, dtype: torch.dtype, fold_max_cin: int = 8, xrun: bool = True,
-                 fuse_shortcut: bool = True, raw_cbam: bool = True) -> None:
+                 fuse_shortcut: bool = True, raw_cbam: bool = True, fold_unbordered: bool = True) -> None:
         super().__init__()
         from naslung.ensemble import fold, kernels
 
         self.k, self.fold, self.dtype = kernels, fold, dtype
         self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
         self.fuse_shortcut = bool(fuse_shortcut)
-        self.raw_cbam = bool(raw_cbam)
+        self.raw_cbam, self.fold_unbordered = bool(raw_cbam), bool(fold_unbordered)
         stem = list(net.stem)
         if len(stem) != 3:
             raise _Unsupported("stem layout")
@@ -431,20 +432,30 @@ class TritonMember(nn.Module):
         return _MemberConv(conv, self.dtype, fold_max_cin=self.fold_max_cin, xrun=self.xrun, foldable=foldable)
 
     def conv(self, h: torch.Tensor, c: _MemberConv, *, relu: bool = True, residual: torch.Tensor | None = None,
-             shortcut: tuple[torch.Tensor, _MemberConv] | None = None) -> torch.Tensor:
+             shortcut: tuple[torch.Tensor, _MemberConv] | None = None, x_border: int = 1,
+             out_x_border: int = 1) -> torch.Tensor:
         """One conv on a padded buffer, run the way :func:`plan_conv` picks for its width.
         ``shortcut``: (block input, its 1x1 conv), added as ``relu(shortcut(input))`` -- in the
-        epilogue where :meth:`takes_shortcut`, else as a launch of its own and a residual."""
-        p = c.packed(h.shape[3] - 2)
+        epilogue where :meth:`takes_shortcut`, else as a launch of its own and a residual.
+        ``x_border`` / ``out_x_border`` = 0: input / output without x border (folded convs only)."""
+        p = c.packed(h.shape[3] - 2 * x_border)
+        folded = isinstance(p, self.fold.FoldedConv)
+        if not folded and (x_border == 0 or out_x_border == 0):
+            raise ValueError("only folded convs read or write buffers without x border")
         if shortcut is not None:
             hs, sconv = shortcut
             if not self.takes_shortcut(p, sconv):
-                return self.conv(h, c, relu=relu, residual=self.conv(hs, sconv))
+                return self.conv(h, c, relu=relu, residual=self.conv(hs, sconv), x_border=x_border,
+                                 out_x_border=out_x_border)
             shortcut = (hs, sconv.as_shortcut_for(p))
-        if isinstance(p, self.fold.FoldedConv):
-            return self.k.bias_act_pad(self.fold.folded_conv(h, p), p.bias, relu=relu, residual=residual,
-                                       shortcut=shortcut)
+        if folded:
+            return self.k.bias_act_pad(self.fold.folded_conv(h, p, x_border=x_border), p.bias, relu=relu,
+                                       residual=residual, shortcut=shortcut, x_border=out_x_border)
         return self.k.conv3d(h, p, relu=relu, residual=residual, shortcut=shortcut)
+
+    def folded(self, c: _MemberConv, width: int) -> bool:
+        """Whether ``c`` runs as a folded cuDNN conv on inputs ``width`` voxels wide."""
+        return isinstance(c.packed(width), self.fold.FoldedConv)
 
     def takes_shortcut(self, p, sconv: _MemberConv) -> bool:
         """Whether the packed conv ``p`` can compute the 1x1 shortcut ``sconv`` in its epilogue: the
@@ -476,14 +487,20 @@ class TritonMember(nn.Module):
         count = h.shape[1] * h.shape[2] * h.shape[3] if bias is not None else math.prod(s - 2 for s in h.shape[1:4])
         return self.k.channel_gate(total, mx, count, p["fc1"], p["fc2"], relu=p["relu"], softmax=p["gate"] == "softmax")
 
-    def apply_cbam(self, h: torch.Tensor, p: dict | None, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """CBAM on the padded buffer ``h`` -> padded buffer; with ``bias``, on ``relu(h + bias)`` of a
-        folded conv's raw output ``h`` (the passes apply it as they load: no epilogue pass)."""
+    def apply_cbam(self, h: torch.Tensor, p: dict | None, bias: torch.Tensor | None = None,
+                   out_x_border: int = 1) -> torch.Tensor:
+        """CBAM on the padded buffer ``h`` -> padded buffer (without x border if ``out_x_border == 0``);
+        with ``bias``, on ``relu(h + bias)`` of a folded conv's raw output ``h`` (the passes apply it
+        as they load: no epilogue pass)."""
         if p is None:
-            return h if bias is None else self.k.bias_act_pad(h, bias)
+            if bias is None and out_x_border == 1:
+                return h
+            if bias is None:
+                raise ValueError("no CBAM: a padded buffer is passed on as it is")
+            return self.k.bias_act_pad(h, bias, x_border=out_x_border)
         g = self.channel_gate(h, p, bias)
         logits = self.fold.folded_conv(self.k.cbam_desc(h, g, bias=bias), p["spatial"], x_border=0)[..., 0]
-        return self.k.cbam_apply(h, logits, g, naslung=p["naslung"], bias=bias)
+        return self.k.cbam_apply(h, logits, g, naslung=p["naslung"], bias=bias, x_border=out_x_border)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.conv(self.k.to_padded(x, self.dtype), self.stem[0]))
@@ -492,26 +509,33 @@ class TritonMember(nn.Module):
         """Whether the second conv is folded at ``width``, and so can read a first-conv output
         without x border (``x_border=0``: 128 instead of 136 folded channels at 32^3, 0.39 vs
         0.62 ms on an H200)."""
-        return isinstance(self.stem[1].packed(width), self.fold.FoldedConv)
+        return self.fold_unbordered and self.folded(self.stem[1], width)
 
     def tail(self, h: torch.Tensor, x_border: int = 1) -> torch.Tensor:
         """Everything after the first conv, whose padded output is ``h`` (without x border when
-        ``x_border == 0``: only where :meth:`stem_reads_unbordered`)."""
-        p = self.stem[1].packed(h.shape[3] - 2 * x_border)
-        folded = isinstance(p, self.fold.FoldedConv)
-        if not (folded or x_border == 1):
+        ``x_border == 0``: only where :meth:`stem_reads_unbordered`).
+
+        Where a buffer's only reader is a folded conv -- the second conv reading the first, a
+        block's conv2 reading its folded conv1, the first strided conv reading the stem's CBAM --
+        it is written without x border (``fold_unbordered``): fewer folded channels, often a
+        multiple of 128, which cuDNN runs much faster."""
+        width = h.shape[3] - 2 * x_border
+        p = self.stem[1].packed(width)
+        if not (isinstance(p, self.fold.FoldedConv) or x_border == 1):
             raise ValueError("only a folded second conv reads a first-conv output without x border")
-        if self.raw_cbam and self.stem_cbam is not None and folded and p.bias is not None:
-            h = self.apply_cbam(self.fold.folded_conv(h, p, x_border=x_border), self.stem_cbam, bias=p.bias)
-        elif folded:
-            h = self.apply_cbam(self.k.bias_act_pad(self.fold.folded_conv(h, p, x_border=x_border), p.bias),
-                                self.stem_cbam)
+        sxb = 0 if (self.fold_unbordered and self.stem_cbam is not None and self.stages
+                    and self.folded(self.stages[0][0], width)) else 1
+        if self.raw_cbam and self.stem_cbam is not None and isinstance(p, self.fold.FoldedConv) and p.bias is not None:
+            h = self.apply_cbam(self.fold.folded_conv(h, p, x_border=x_border), self.stem_cbam, bias=p.bias,
+                                out_x_border=sxb)
         else:
-            h = self.apply_cbam(self.conv(h, self.stem[1]), self.stem_cbam)
-        for down, blocks, cbam in self.stages:
-            h = self.conv(h, down)
+            h = self.apply_cbam(self.conv(h, self.stem[1], x_border=x_border), self.stem_cbam, out_x_border=sxb)
+        for i, (down, blocks, cbam) in enumerate(self.stages):
+            h = self.conv(h, down, x_border=sxb if i == 0 else 1)
             for short, c1, c2 in blocks:
-                h = self.conv(self.conv(h, c1), c2, shortcut=(h, short))
+                w = h.shape[3] - 2
+                xb = 0 if self.fold_unbordered and self.folded(c1, w) and self.folded(c2, w) else 1
+                h = self.conv(self.conv(h, c1, out_x_border=xb), c2, shortcut=(h, short), x_border=xb)
             h = self.apply_cbam(h, cbam)
         emb = self.k.interior(h).mean(dim=(1, 2, 3), dtype=torch.float32)
         return torch.softmax(self.head(emb[:, None, :]), dim=2).transpose(0, 1)
@@ -575,7 +599,8 @@ class FastEnsemble:
     ``fuse_shortcut``: a residual block's 1x1 shortcut runs in the epilogue of the conv closing
     the block when that conv is folded or on 2-voxel rows (no launch, no buffer of its own).
     ``raw_cbam``: the stem's CBAM reads its folded conv's raw output, adding bias and ReLU as it
-    loads (the conv's epilogue pass is skipped).
+    loads (the conv's epilogue pass is skipped). ``fold_unbordered``: a buffer read only by a
+    folded conv is written without x border (:meth:`TritonMember.tail`).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
@@ -584,7 +609,7 @@ class FastEnsemble:
                  compile_mode: str | None = None, chunk: int | None = None,
                  direct_max_cin: int | None = None, backend: str = "auto",
                  stream_max_batch: int = 1024, fold_max_cin: int = 8, xrun: bool = True,
-                 fuse_shortcut: bool = True, raw_cbam: bool = True) -> None:
+                 fuse_shortcut: bool = True, raw_cbam: bool = True, fold_unbordered: bool = True) -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -609,7 +634,7 @@ class FastEnsemble:
                 raise ValueError(why)
         self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
         self.fuse_shortcut = bool(fuse_shortcut)
-        self.raw_cbam = bool(raw_cbam)
+        self.raw_cbam, self.fold_unbordered = bool(raw_cbam), bool(fold_unbordered)
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
         self._shared_stem: _SharedStem | None = None
         if backend == "triton":
@@ -656,7 +681,8 @@ class FastEnsemble:
     def _triton_groups(self, folded: list[nn.Module]) -> list[tuple[list[int], nn.Module]]:
         """One member per group (the kernels fill the card at any useful batch size); with several
         members, their first convs -- all reading the one input channel -- run as one."""
-        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin, self.xrun, self.fuse_shortcut, self.raw_cbam))
+        groups = [([i], TritonMember(m, self.dtype, self.fold_max_cin, self.xrun, self.fuse_shortcut, self.raw_cbam,
+                                     self.fold_unbordered))
                   for i, m in enumerate(folded)]
         if len(groups) > 1:
             try:

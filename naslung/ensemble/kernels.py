@@ -184,13 +184,10 @@ def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                         XB: tl.constexpr, KB: tl.constexpr, NSUB: tl.constexpr, WO2: tl.constexpr,
                         LPB: tl.constexpr, BN: tl.constexpr, CP: tl.constexpr, RELU: tl.constexpr,
                         HAS_RES: tl.constexpr, sx_ptr, sw_ptr, sb_ptr, HAS_SC: tl.constexpr,
-                        SC_CIN: tl.constexpr, SC_KB: tl.constexpr, GDY: tl.constexpr = 1,
-                        OSPLIT: tl.constexpr = 0, GSTRIDE=0):
+                        SC_CIN: tl.constexpr, SC_KB: tl.constexpr):
     """Stride-1 'same' conv, a tile row = XB output voxels of a line: per (dz, dy) one contiguous
-    run of XB + KS - 1 input voxels times a banded weight, so each input voxel is fetched
-    9 (XB + 2) / XB times instead of 27. ``GDY == KS``: one reduction chunk holds the KS runs of
-    a dz (less padding when a run is not a power of two). Columns are (group, xo, channel) with
-    groups of OSPLIT channels written GSTRIDE elements apart (OSPLIT == 0: one group of COUT)."""
+    run of XB + KS - 1 input voxels times a banded weight (columns (xo, co)), so each input voxel
+    is fetched 9 (XB + 2) / XB times instead of 27."""
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB, XB)
@@ -200,43 +197,25 @@ def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     co = pid_n * BN + tl.arange(0, BN)  # output column: (voxel of the row, channel)
     acc = tl.zeros((LPB * (WO2 // XB), BN), dtype=tl.float32)
     RAGGED: tl.constexpr = (WOP - 2) % XB != 0  # the last row of a line runs past the line's end
-    if GDY == 1:
-        for c in range(KS * KS * NSUB):
-            j = (c % NSUB) * KB + cols
-            tap = c // NSUB
-            off = ((tap // KS) * HIP + tap % KS) * WIP * CIN + j
-            mask = inside[:, None]
-            if NSUB * KB != RUN:
-                mask = mask & (j < RUN)[None, :]
-            if RAGGED:
-                mask = mask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
-            a = tl.load(x_ptr + base[:, None] + off[None, :], mask=mask, other=0.0)
-            w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
-            acc += tl.dot(a, w)
-    else:  # chunk c = dz, column (dy, element of the run)
-        j = cols % RUN
-        off = (cols // RUN) * WIP * CIN + j
-        kmask = (cols < KS * RUN)[None, :]
+    for c in range(KS * KS * NSUB):
+        j = (c % NSUB) * KB + cols
+        tap = c // NSUB
+        off = ((tap // KS) * HIP + tap % KS) * WIP * CIN + j
+        mask = inside[:, None]
+        if NSUB * KB != RUN:
+            mask = mask & (j < RUN)[None, :]
         if RAGGED:
-            kmask = kmask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
-        for c in range(KS):
-            a = tl.load(x_ptr + base[:, None] + (c * HIP * WIP * CIN + off)[None, :], mask=inside[:, None] & kmask,
-                        other=0.0)
-            w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
-            acc += tl.dot(a, w)
+            mask = mask & ((xo * CIN)[:, None] + j[None, :] < WIP * CIN)
+        a = tl.load(x_ptr + base[:, None] + off[None, :], mask=mask, other=0.0)
+        w = tl.load(w_ptr + (c * KB + cols)[:, None] * WCOLS + co[None, :])
+        acc += tl.dot(a, w)
     acc += tl.load(b_ptr + co)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    if OSPLIT == 0:
-        xl = co // COUT
-        out_off = out_vox[:, None] * COUT + co[None, :]
-    else:
-        xl = (co % (XB * OSPLIT)) // OSPLIT
-        out_off = ((out_vox[:, None] + xl[None, :]) * OSPLIT + (co % OSPLIT)[None, :]
-                   + (co // (XB * OSPLIT)).to(tl.int64)[None, :] * GSTRIDE)
+    out_off = out_vox[:, None] * COUT + co[None, :]
     out_ok = store_ok[:, None] & (co < XB * COUT)[None, :]
     if RAGGED:
-        out_ok = out_ok & (xo[:, None] + xl[None, :] < WOP - 2)
+        out_ok = out_ok & (xo[:, None] + (co // COUT)[None, :] < WOP - 2)
     if HAS_RES:
         acc += tl.load(res_ptr + out_off, mask=out_ok & inside[:, None], other=0.0).to(tl.float32)
     if HAS_SC:
@@ -245,7 +224,7 @@ def _conv3d_xrun_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
     acc = tl.where(inside[:, None], acc, 0.0)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
     if pid_n == 0:
-        _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, CP, 0, OSPLIT, GSTRIDE)
+        _zero_x_borders(out_ptr, pid, NLINES, WOP, LPB, COUT, CP, 0)
 
 
 @dataclass
@@ -264,8 +243,6 @@ class PackedConv:
     nchunk: int  # reduction chunks (x-run kernel: chunks per (dz, dy) run)
     bn: int
     xb: int = 1  # output voxels per tile row (> 1: the x-run kernel, weight banded along x)
-    gdy: int = 1  # x-run kernel: (dz, dy) runs per reduction chunk (1, or k: one chunk per dz)
-    osplit: int = 0  # x-run kernel: columns grouped for out_split=osplit (0: not split)
     # launch parameters (None: conv3d's defaults); see conv3d
     block_m: int | None = None
     num_warps: int = 4
@@ -273,15 +250,14 @@ class PackedConv:
 
 
 def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
-              dtype: torch.dtype, kb: int | None = None, xb: int = 1, out_split: int | None = None) -> PackedConv:
+              dtype: torch.dtype, kb: int | None = None, xb: int = 1) -> PackedConv:
     """Pack a cubic-kernel conv ``weight`` (COUT, CIN, k, k, k) for :func:`conv3d`.
 
     ``kb``: reduction chunk (a power of two >= 16); by default 128 for 4 channels, 32 for 1, 2 and 8
     (several taps per chunk), else min(64, channels), doubled for strided convs -- the fastest of
     16..128 measured on an H200 (docs/benchmarks.md). ``xb`` > 1 (a power of two; 3x3x3
     stride-1 convs only) packs for the x-run kernel: tile rows of ``xb`` output voxels, the
-    weight banded along x; ``out_split`` then fixes the output split (see :func:`conv3d`), which
-    the x-run kernel's column order depends on.
+    weight banded along x.
     """
     cout, cin, kd, kh, kw = weight.shape
     if not kd == kh == kw or kd % 2 == 0 or padding != kd // 2 or padding > 1:
@@ -289,9 +265,7 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
                          f"padding {padding}")
     ks = kd
     if xb != 1:
-        return _pack_xrun(weight, bias, stride, dtype, xb, kb, out_split)
-    if out_split is not None:
-        raise ValueError("out_split is packed only for the x-run kernel (xb > 1); pass it to conv3d")
+        return _pack_xrun(weight, bias, stride, dtype, xb, kb)
     cin_pad = triton.next_power_of_2(cin)
     if kb is None:
         if cin_pad >= 16:
@@ -316,46 +290,31 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
 
 
 def _pack_xrun(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dtype: torch.dtype, xb: int,
-               kb: int | None, out_split: int | None = None) -> PackedConv:
-    """Rows ``(dz * k + dy) * nsub * kb + xi * cin + ci`` (or ``dz * kb + dy * run + xi * cin + ci``
-    when a chunk holds a dz's k runs: where that pads less), columns ``(g, xo, c)`` for output
-    channel ``g * split + c`` (split = cout unless ``out_split``): ``W[co, ci, dz, dy, xi - xo]``
-    where ``0 <= xi - xo < k``, else zero."""
+               kb: int | None) -> PackedConv:
+    """Rows ``(dz * k + dy) * nsub * kb + xi * cin + ci``, columns ``xo * cout + co``:
+    ``W[co, ci, dz, dy, xi - xo]`` where ``0 <= xi - xo < k``, else zero."""
     cout, cin, ks = weight.shape[0], weight.shape[1], weight.shape[-1]
     if ks != 3 or stride != 1 or xb < 2 or xb & (xb - 1):
         raise ValueError(f"the x-run kernel takes 3x3x3 stride-1 convs and xb a power of two >= 2, got kernel {ks}, "
                          f"stride {stride}, xb {xb}")
-    split = cout if out_split is None else out_split
-    if split < 1 or cout % split or (out_split is not None and (xb * split < 16 or xb * split & (xb * split - 1))):
-        raise ValueError(f"out_split {out_split} must divide {cout} channels into groups whose {xb}-voxel rows are "
-                         f"a power of two >= 16 columns")
     run = (xb + ks - 1) * cin
-    grouped = kb is None and triton.next_power_of_2(ks * run) < min(256, ks * triton.next_power_of_2(run)) + 1
-    if grouped:
-        kb, nsub, gdy = max(16, triton.next_power_of_2(ks * run)), 1, ks
-    else:
-        kb = kb or max(16, min(128, triton.next_power_of_2(run)))
-        nsub, gdy = math.ceil(run / kb), 1
+    kb = kb or max(16, min(128, triton.next_power_of_2(run)))
+    nsub = math.ceil(run / kb)
     ncols = xb * cout
-    bn = xb * split if out_split is not None else min(128, max(16, triton.next_power_of_2(ncols)))
+    bn = min(128, max(16, triton.next_power_of_2(ncols)))
     wcols = math.ceil(ncols / bn) * bn
-    # (COUT, CIN, kz, ky, kx) -> (kz, ky, kx, CIN, COUT); COUT as (group, channel of the group)
-    taps = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ks, ks, ks, cin, cout // split, split)
-    w = torch.zeros(ks, ks, nsub * kb, cout // split, xb, split, dtype=torch.float32, device=weight.device)
+    w = torch.zeros(ks * ks, nsub * kb, wcols, dtype=torch.float32, device=weight.device)
+    # (COUT, CIN, kz, ky, kx) -> (kz * k + ky, kx, CIN, COUT): one (CIN, COUT) block per tap
+    taps = weight.detach().float().permute(2, 3, 4, 1, 0).reshape(ks * ks, ks, cin, cout)
     for xo in range(xb):
         for dx in range(ks):
             xi = xo + dx
-            w[:, :, xi * cin:(xi + 1) * cin, :, xo, :] = taps[:, :, dx]
-    w = w.reshape(ks, ks, nsub * kb, ncols)
-    if grouped:  # rows (dz, dy * run + j) in chunks of kb per dz
-        w = torch.cat([w[:, :, :run].reshape(ks, ks * run, ncols),
-                       torch.zeros(ks, kb - ks * run, ncols, device=weight.device)], dim=1)
-    w = torch.cat([w.reshape(-1, ncols), torch.zeros(w.numel() // ncols, wcols - ncols, device=weight.device)], 1)
+            w[:, xi * cin:(xi + 1) * cin, xo * cout:(xo + 1) * cout] = taps[:, dx]
     b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
     if bias is not None:
-        b[:ncols] = bias.detach().float().view(cout // split, 1, split).expand(-1, xb, -1).reshape(-1)
-    return PackedConv(w.to(dtype).contiguous(), b, cin, cout, ks, 1, 1, cin, kb, nsub, bn, xb=xb, gdy=gdy,
-                      osplit=0 if out_split is None else split)
+        b[:ncols] = bias.detach().float().repeat(xb)
+    return PackedConv(w.reshape(ks * ks * nsub * kb, wcols).to(dtype).contiguous(), b, cin, cout, ks, 1, 1,
+                      cin, kb, nsub, bn, xb=xb)
 
 
 @dataclass
@@ -440,7 +399,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
         # diagnosed; the x-run kernel and the folded epilogue pass the GPU tests)
         raise ValueError("a fused shortcut needs the x-run kernel (xb > 1) and no residual")
     sx, sw, sb, has_sc, sc_cin, sc_kb = _shortcut_args(shortcut, tuple(out.shape), p.xb, p.weight.shape[1])
-    block_m = block_m or p.block_m or (256 if wo >= 16 else 128) * max(1, p.xb // 2)
+    block_m = block_m or p.block_m or (256 if wo >= 16 else 128)
     num_warps = num_warps or p.num_warps
     num_stages = num_stages or p.num_stages
     wo2, lpb = _tiling(max(wo, p.xb), block_m)
@@ -448,12 +407,12 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     grid = (triton.cdiv(nlines, lpb), p.weight.shape[1] // p.bn)
     extra = {} if num_stages is None else {"num_stages": num_stages}
     if p.xb > 1:
-        if (out_split or 0) != p.osplit:
-            raise ValueError(f"this x-run conv was packed for out_split={p.osplit or None}, not {out_split}")
+        if out_split is not None:
+            raise ValueError("the x-run kernel does not split its output")
         _conv3d_xrun_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
                                   do + 2, ho + 2, wo + 2, dip, hip, wip, p.cin, p.cout, p.weight.shape[1], p.ks,
                                   p.xb, p.kb, p.nchunk, wo2, lpb, p.bn, triton.next_power_of_2(p.cout), relu,
-                                  residual is not None, sx, sw, sb, has_sc, sc_cin, sc_kb, p.gdy, osplit, gstride,
+                                  residual is not None, sx, sw, sb, has_sc, sc_cin, sc_kb,
                                   num_warps=num_warps, **extra)
         return out
     _conv3d_kernel[grid](x, p.weight, p.bias, residual if residual is not None else out, out, nlines,
@@ -470,9 +429,9 @@ def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                          DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                          WO2: tl.constexpr, LPB: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
                          HAS_RES: tl.constexpr, sx_ptr, sw_ptr, sb_ptr, HAS_SC: tl.constexpr, SC_CIN: tl.constexpr,
-                         SC_KB: tl.constexpr):
+                         SC_KB: tl.constexpr, OXB: tl.constexpr = 1):
     pid = tl.program_id(0)
-    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB, 1, OXB)
     ch = tl.arange(0, CP)
     ch_ok = (ch < C)[None, :]
     src = _unpadded_vox(n, zp, yp, xo, DP, HP, WP) * C
@@ -488,17 +447,21 @@ def _bias_act_pad_kernel(y_ptr, b_ptr, res_ptr, out_ptr, NLINES,
         v += _shortcut_term(sx_ptr, sw_ptr, sb_ptr, out_vox, inside, xo, ch, CP, 1, SC_CIN, SC_KB, False)
     v = tl.where(inside[:, None], v, 0.0)
     tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
-    _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+    if OXB:
+        _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
 
 
 def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = True,
                  residual: torch.Tensor | None = None, shortcut: tuple[torch.Tensor, PackedShortcut] | None = None,
-                 block_m: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+                 block_m: int | None = None, dtype: torch.dtype | None = None, x_border: int = 1) -> torch.Tensor:
     """Unpadded NDHWC ``y`` (a folded conv's raw output) -> padded buffer of ``relu(y + bias) + residual``
     (in ``dtype``, default ``y``'s). ``shortcut``: (block input, 1x1 conv packed for
-    ``shortcut_columns(C)`` columns) adds ``relu(shortcut(input))`` instead of a residual."""
+    ``shortcut_columns(C)`` columns) adds ``relu(shortcut(input))`` instead of a residual.
+    ``x_border=0`` (no residual or shortcut): the output has no x border, for a folded conv."""
     n, d, h, w, c = y.shape
-    out = torch.empty((n, d + 2, h + 2, w + 2, c), device=y.device, dtype=dtype or y.dtype)
+    if x_border not in (0, 1) or (x_border == 0 and (residual is not None or shortcut is not None)):
+        raise ValueError(f"x_border must be 1, or 0 without residual or shortcut; got {x_border}")
+    out = torch.empty((n, d + 2, h + 2, w + 2 * x_border, c), device=y.device, dtype=dtype or y.dtype)
     if residual is not None and residual.shape != out.shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out.shape)}")
     if shortcut is not None:
@@ -513,7 +476,7 @@ def bias_act_pad(y: torch.Tensor, bias: torch.Tensor | None, *, relu: bool = Tru
     _bias_act_pad_kernel[(grid,)](
         y, bias if bias is not None else y, residual if residual is not None else out, out, n * (d + 2) * (h + 2),
         d + 2, h + 2, w + 2, c, cols, wo2, lpb, bias is not None, relu, residual is not None,
-        sx, sw, sb, has_sc, sc_cin, sc_kb)
+        sx, sw, sb, has_sc, sc_cin, sc_kb, x_border)
     return out
 
 
@@ -557,16 +520,15 @@ def channel_stats(x: torch.Tensor, parts: int | None = None,
     """Per-(crop, channel) sum and max over every voxel of ``x`` (N, ..., C), both fp32 (N, C);
     of ``relu(x + bias)`` when ``bias`` is given (``x`` a folded conv's raw output).
 
-    One pass over ``x``; each crop is split into ``parts`` chunks (default: about four programs
-    per crop at batch 1024 -- enough loads in flight to stream at the card's bandwidth) that meet
-    through atomics.
+    One pass over ``x``; each crop is split into ``parts`` chunks (default: enough programs to fill
+    the card) that meet through atomics.
     """
     n, c = x.shape[0], x.shape[-1]
     v = x[0].numel() // c
     cp = triton.next_power_of_2(c)
     bv = max(16, 2048 // cp)
     if parts is None:
-        parts = max(1, min(triton.cdiv(v, 4 * bv), triton.cdiv(4096, n)))
+        parts = max(1, min(triton.cdiv(v, 4 * bv), triton.cdiv(1024, n)))
     chunk = triton.cdiv(triton.cdiv(v, parts), bv) * bv
     parts = triton.cdiv(v, chunk)
     s = torch.zeros((n, c), device=x.device, dtype=torch.float32)
@@ -671,9 +633,10 @@ def cbam_desc(x: torch.Tensor, gate: torch.Tensor, bias: torch.Tensor | None = N
 @triton.jit
 def _cbam_apply_kernel(x_ptr, b_ptr, a_ptr, g_ptr, out_ptr, NLINES,
                        DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
-                       WO2: tl.constexpr, LPB: tl.constexpr, NASLUNG: tl.constexpr, RAW: tl.constexpr):
+                       WO2: tl.constexpr, LPB: tl.constexpr, NASLUNG: tl.constexpr, RAW: tl.constexpr,
+                       OXB: tl.constexpr):
     pid = tl.program_id(0)
-    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB)
+    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB, 1, OXB)
     ch = tl.arange(0, CP)
     ch_ok = (ch < C)[None, :]
     a_off = _unpadded_vox(n, zp, yp, xo, DP, HP, WP)
@@ -683,22 +646,27 @@ def _cbam_apply_kernel(x_ptr, b_ptr, a_ptr, g_ptr, out_ptr, NLINES,
     if RAW:
         xc = tl.load(x_ptr + a_off[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
         xc = tl.maximum(xc + tl.load(b_ptr + ch, mask=ch < C, other=0.0)[None, :], 0.0)
-    else:
+    elif OXB:
         xc = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
+    else:  # the input keeps its x border
+        in_vox = ((n * DP + zp) * HP + yp) * WP + xo + 1
+        xc = tl.load(x_ptr + in_vox[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
     if NASLUNG:
         y = s * xc + xc
     else:
         y = s * xc * tl.load(g_ptr + n[:, None] * C + ch[None, :], mask=m2, other=0.0)
     y = tl.where(inside[:, None], y, 0.0)
     tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=store_ok[:, None] & ch_ok)
-    _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
+    if OXB:
+        _zero_x_borders(out_ptr, pid, NLINES, WP, LPB, C, CP, 0)
 
 
 def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, naslung: bool,
-               block_m: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+               block_m: int | None = None, bias: torch.Tensor | None = None, x_border: int = 1) -> torch.Tensor:
     """CBAM's output as a padded buffer from the spatial logits (N, D, H, W) (before the sigmoid):
     ``s * x + x`` for NAS-Lung's CBAM, ``s * gate * x`` for the original. With ``bias``, ``x`` is
-    a folded conv's raw output (N, D, H, W, C), used as ``relu(x + bias)``.
+    a folded conv's raw output (N, D, H, W, C), used as ``relu(x + bias)``. ``x_border=0``: the
+    output has no x border (for a folded conv to read).
 
     (The gate's 3x3x3 conv computed here from the descriptor's 27 neighbours, instead of as a
     folded cuDNN conv writing logits, made this pass 3x slower on an H200: 4.9 vs 1.5 ms per
@@ -711,10 +679,12 @@ def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, nas
         dp, hp, wp = d + 2, h + 2, w + 2
     if logits.shape != (n, dp - 2, hp - 2, wp - 2):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match buffer {(n, dp, hp, wp, c)}")
+    if x_border not in (0, 1):
+        raise ValueError(f"x_border must be 0 or 1, got {x_border}")
     cp, wo2, lpb, grid = _pass_launch(n, dp, hp, wp - 2, c, block_m)
-    out = torch.empty((n, dp, hp, wp, c), device=x.device, dtype=x.dtype)
+    out = torch.empty((n, dp, hp, wp - 2 + 2 * x_border, c), device=x.device, dtype=x.dtype)
     _cbam_apply_kernel[(grid,)](x, _bias_arg(bias, c, x), logits.contiguous(), gate.float().contiguous(), out,
-                                n * dp * hp, dp, hp, wp, c, cp, wo2, lpb, naslung, bias is not None)
+                                n * dp * hp, dp, hp, wp, c, cp, wo2, lpb, naslung, bias is not None, x_border)
     return out
 
 

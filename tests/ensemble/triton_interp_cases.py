@@ -89,21 +89,6 @@ def case_split() -> None:
     p2 = K.pack_conv(wt, b, 1, 1, torch.float32, xb=2)
     _each_raises_value_error(lambda: K.conv3d(_padded(x), p2, x_border=0),  # one-voxel rows only
                              lambda: K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), x_border=2))
-    # the x-run kernel splits too (packed for it: columns grouped per buffer), ragged widths included
-    for size, xb, split in [((3, 4, 10), 8, 4), ((2, 3, 7), 4, 4), ((3, 3, 4), 4, 4)]:
-        x = torch.rand(2, 1, *size, generator=g)
-        ref = torch.relu(F.conv3d(x, wt, b, 1, 1))
-        p = K.pack_conv(wt, b, 1, 1, torch.float32, xb=xb, out_split=split)
-        out = K.conv3d(_padded(x), p, out_split=split)
-        assert out.shape == (12 // split, 2, *(s + 2 for s in size), split), out.shape
-        for i in range(12 // split):
-            _check_border_zero(out[i])
-            err = (K.interior(out[i]).permute(0, 4, 1, 2, 3) - ref[:, split * i:split * (i + 1)]).abs().max().item()
-            assert err < 1e-4, (size, xb, split, i, err)
-        _each_raises_value_error(lambda: K.conv3d(_padded(x), p), lambda: K.conv3d(_padded(x), p, out_split=2))
-    _each_raises_value_error(lambda: K.pack_conv(wt, b, 1, 1, torch.float32, xb=2, out_split=4),  # 8 columns
-                             lambda: K.pack_conv(wt, b, 1, 1, torch.float32, xb=8, out_split=5),  # does not divide
-                             lambda: K.pack_conv(wt, b, 1, 1, torch.float32, out_split=4))  # one-voxel rows
     print("split ok")
 
 
@@ -112,9 +97,7 @@ def case_xrun() -> None:
     multiple of the row (ragged last row), several column tiles, residual, padded channel counts."""
     g = torch.Generator().manual_seed(3)
     for cin, cout, size, xb, res in [(16, 16, 4, 2, True), (8, 16, (3, 4, 5), 2, False), (4, 8, (3, 3, 5), 4, True),
-                                     (3, 5, (2, 3, 3), 4, False), (64, 128, 2, 2, True), (16, 8, 3, 8, False),
-                                     (4, 4, (3, 2, 10), 8, True), (1, 4, (2, 3, 9), 8, False),
-                                     (8, 8, (2, 2, 8), 8, False)]:
+                                     (3, 5, (2, 3, 3), 4, False), (64, 128, 2, 2, True), (16, 8, 3, 8, False)]:
         d, h, w = size if isinstance(size, tuple) else (size,) * 3
         x = torch.rand(2, cin, d, h, w, generator=g) - 0.3
         wt = torch.randn(cout, cin, 3, 3, 3, generator=g) * 0.3
@@ -122,8 +105,7 @@ def case_xrun() -> None:
         ref = torch.relu(F.conv3d(x, wt, b, 1, 1))
         r = torch.rand(ref.shape, generator=g) if res else None
         p = K.pack_conv(wt, b, 1, 1, torch.float32, xb=xb)
-        # a chunk holds a dz's three runs where one run would pad more: 4 and 8 channels, 1 to 3 at 4+ voxels
-        assert p.xb == xb and p.gdy == (3 if (cin, xb) in {(4, 8), (1, 8), (8, 8), (3, 4)} else 1), (cin, xb, p.gdy)
+        assert p.xb == xb
         out = K.conv3d(_padded(x), p, residual=None if r is None else _padded(r))
         _check_border_zero(out)
         got = K.interior(out).permute(0, 4, 1, 2, 3)
@@ -200,6 +182,15 @@ def case_fold() -> None:
         got = K.interior(out).permute(0, 4, 1, 2, 3)
         err = (got - (ref if r is None else ref + r)).abs().max().item()
         assert got.shape == ref.shape and err < 1e-4, (cin, cout, stride, size, err)
+        if r is None:  # a chain of folded convs: the epilogue writes no x border, the next fold reads none
+            unb = K.bias_act_pad(fold.folded_conv(_padded(x), fc), fc.bias, x_border=0)
+            assert torch.equal(unb, out[:, :, :, 1:-1]), (cin, cout, stride, size)
+            fc2 = fold.pack_folded(torch.randn(3, cout, 3, 3, 3, generator=g), None, 1, 1, torch.float32)
+            y2 = fold.folded_conv(unb, fc2, x_border=0)
+            assert (y2 - fold.folded_conv(out, fc2)).abs().max().item() < 1e-4
+    _each_raises_value_error(lambda: K.bias_act_pad(torch.rand(1, 2, 2, 2, 4), None, x_border=0,
+                                                    residual=torch.rand(1, 4, 4, 2, 4)),
+                             lambda: K.bias_act_pad(torch.rand(1, 2, 2, 2, 4), None, x_border=2))
     print("fold ok")  # fold's own input checks: tests/ensemble/test_ensemble_fold.py (no Triton needed)
 
 
@@ -249,6 +240,10 @@ def case_cbam() -> None:
         out_r = K.cbam_apply(y, logits_r, gate_r, naslung=variant == "naslung", bias=bias)
         _check_border_zero(out_r)
         assert (K.interior(out_r).permute(0, 4, 1, 2, 3) - ref_r).abs().max().item() < 1e-5, (variant, "raw")
+        # output without x border (read by a folded conv), from a padded or a raw input
+        assert torch.equal(K.cbam_apply(xp, logits, gate, naslung=variant == "naslung", x_border=0), out[:, :, :, 1:-1])
+        unb = K.cbam_apply(y, logits_r, gate_r, naslung=variant == "naslung", bias=bias, x_border=0)
+        assert torch.equal(unb, out_r[:, :, :, 1:-1])
     _each_raises_value_error(lambda: K.cbam_apply(xp, desc, gate, naslung=True),  # a descriptor is not logits
                              lambda: K.cbam_apply(y, logits[:, 1:], gate, naslung=True, bias=bias),
                              lambda: K.channel_stats(y, bias=torch.randn(c - 1)))
@@ -277,21 +272,29 @@ def case_engine() -> None:
     x = torch.rand(3, 1, 8, 8, 8)
     # the default plan (folded, 2-voxel rows and one-voxel rows mixed), no 2-voxel rows, nothing folded;
     # the stem's CBAM on its folded conv's raw output or not
-    stats_on_raw = []
-    stats = K.channel_stats
+    from naslung.ensemble import fold
+
+    stats_on_raw, unbordered_reads = [], []
+    stats, folded_conv = K.channel_stats, fold.folded_conv
     K.channel_stats = lambda h, parts=None, bias=None: stats_on_raw.append(bias is not None) or stats(h, parts, bias)
-    for fold_max_cin, xrun, fused, raw in ((8, True, True, True), (8, True, False, False), (8, False, True, True),
-                                           (0, False, True, True)):
+    fold.folded_conv = lambda h, fc, x_border=1: (unbordered_reads.append(x_border == 0 and fc.cout > 1)  # not a gate
+                                                  or folded_conv(h, fc, x_border))
+    for fold_max_cin, xrun, fused, raw, unb in ((8, True, True, True, True), (8, True, False, False, False),
+                                                (8, False, True, True, False), (0, False, True, True, True)):
         fast = FastEnsemble(ens, "cpu", backend="triton", fold_max_cin=fold_max_cin, xrun=xrun,
-                            fuse_shortcut=fused, raw_cbam=raw)
+                            fuse_shortcut=fused, raw_cbam=raw, fold_unbordered=unb)
         assert fast.backend == "triton" and fast._shared_stem is not None
         stats_on_raw.clear()
+        unbordered_reads.clear()
         err = (fast.member_proba(x) - ens.member_proba(x)).abs().max().item()
-        assert err < 1e-5, (fold_max_cin, xrun, fused, raw, err)
+        assert err < 1e-5, (fold_max_cin, xrun, fused, raw, unb, err)
         # members a and c have a stem CBAM; only a folded stem conv leaves a raw output to read
         assert any(stats_on_raw) == (raw and fold_max_cin > 0), stats_on_raw
-        # the first convs write no x border exactly where every member's second conv is folded
-        assert all(m.stem_reads_unbordered(8) for _, m in fast.groups) == (fold_max_cin > 0)
+        # buffers read only by folded convs lose their x border: the first convs' outputs (every
+        # member's second conv is folded), the conv1 outputs of a's two and b's one all-folded block,
+        # a's and c's stem CBAM outputs (each read by a folded strided conv; b has no CBAM)
+        assert all(m.stem_reads_unbordered(8) for _, m in fast.groups) == (fold_max_cin > 0 and unb)
+        assert sum(unbordered_reads) == (3 + 3 + 2 if fold_max_cin and unb else 0), unbordered_reads
         err = (fast.predict_proba(x) - ens.predict_proba(x)).abs().max().item()
         assert err < 1e-5, (fold_max_cin, xrun, fused, err)
         used = {type(p).__name__ + str(getattr(p, "xb", "")) for _, m in fast.groups for c in _member_convs(m)
@@ -300,7 +303,7 @@ def case_engine() -> None:
                   (0, False): {"PackedConv1"}}[(fold_max_cin, xrun)]
         assert expect <= used, used
         assert (xrun or "PackedConv2" not in used) and (fold_max_cin or "FoldedConv" not in used), used
-    K.channel_stats = stats
+    K.channel_stats, fold.folded_conv = stats, folded_conv
     # members whose stems differ in width run their first convs one by one
     wide = ModelConfig(stages=((8,),), stem_width=8, in_size=8, name="w")
     mixed = Ensemble([models[0], build_model(wide).eval()], names=["a", "w"], configs=[cfgs[0], wide], rule="mean")
