@@ -137,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="engine (Triton): the stem's folded conv writes its padded output before CBAM reads it")
     p.add_argument("--no-fold-unbordered", action="store_true",
                    help="engine (Triton): buffers read only by folded convs keep their x border")
-    p.add_argument("--no-x-taps", action="store_true",
-                   help="engine (Triton): the shared first conv gathers its 27 taps from the padded input")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                    help="engine: cuDNN/CPU convolutions (torch) or our Triton kernels (default: triton on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=None)
@@ -168,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         chunk=args.chunk, direct_max_cin=args.direct_max_cin, backend=args.backend,
                         stream_max_batch=args.stream_max_batch, fold_max_cin=args.fold_max_cin,
                         xrun=not args.no_xrun, fuse_shortcut=not args.no_fuse_shortcut,
-                        raw_cbam=not args.no_raw_cbam, fold_unbordered=not args.no_fold_unbordered,
-                        x_taps=not args.no_x_taps)
+                        raw_cbam=not args.no_raw_cbam, fold_unbordered=not args.no_fold_unbordered)
     build_s = time.perf_counter() - t0
     peak_flops, peak_bw, peak_src = peaks_for(device, args)
 
@@ -184,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "flops_per_crop": flops, "layer_bytes_per_crop_bf16": act_bytes, "input_bytes_per_crop": in_bytes,
         "engine": {"backend": fast.backend, "streams": len(fast._streams), "stream_max_batch": fast.stream_max_batch,
                    "fold_max_cin": fast.fold_max_cin, "xrun": fast.xrun, "fuse_shortcut": fast.fuse_shortcut,
-                   "raw_cbam": fast.raw_cbam, "fold_unbordered": fast.fold_unbordered, "x_taps": fast.x_taps,
+                   "raw_cbam": fast.raw_cbam, "fold_unbordered": fast.fold_unbordered,
                    "dtype": str(fast.dtype), "channels_last": fast.channels_last, "compiled": fast.compiled,
                    "cuda_graphs": fast.cuda_graphs, "groups": [len(i) for i, _ in fast.groups],
                    "chunk": fast.chunk, "direct_max_cin": fast.direct_max_cin, "build_s": build_s},

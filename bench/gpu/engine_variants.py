@@ -19,7 +19,6 @@ VARIANTS = {
     "default": {},
     "stem CBAM on padded output": {"raw_cbam": False},
     "folded inputs with x border": {"fold_unbordered": False},
-    "first conv gathers 27 taps": {"x_taps": False},
     "no 2-voxel rows": {"xrun": False},
     "shortcuts unfused": {"fuse_shortcut": False},
     "neither": {"xrun": False, "fuse_shortcut": False},

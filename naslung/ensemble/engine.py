@@ -545,7 +545,7 @@ class _SharedStem:
     """All members' first convs (each 1 -> w channels, the same w) as one conv with M * w outputs,
     written as M separate buffers, one per member."""
 
-    def __init__(self, convs: Sequence[nn.Conv3d], dtype: torch.dtype, x_taps: bool = True) -> None:
+    def __init__(self, convs: Sequence[nn.Conv3d], dtype: torch.dtype) -> None:
         from naslung.ensemble import kernels
 
         widths = {c.out_channels for c in convs}
@@ -554,17 +554,12 @@ class _SharedStem:
         self.k, self.dtype, self.width = kernels, dtype, widths.pop()
         weight = torch.cat([c.weight for c in convs])
         bias = torch.cat([c.bias for c in convs])
-        # x_taps: the input as each voxel's three x neighbours (one pass), so the conv gathers
-        # 9 taps of 8 bytes instead of 27 of 2 bytes
-        self.x_taps = x_taps and tuple(weight.shape[1:]) == (1, 3, 3, 3) and convs[0].padding == (1, 1, 1)
-        self.packed = (kernels.pack_conv_x_taps(weight, bias, dtype) if self.x_taps
-                       else kernels.pack_conv(weight, bias, 1, convs[0].padding[0], dtype))
+        self.packed = kernels.pack_conv(weight, bias, 1, convs[0].padding[0], dtype)
 
     def __call__(self, x: torch.Tensor, x_border: int = 1) -> torch.Tensor:
         """(M, N, D+2, H+2, W+2, w): member i's first-conv output is element i (W instead of W+2
         when ``x_border == 0``)."""
-        xin = self.k.x_taps(x, self.dtype) if self.x_taps else self.k.to_padded(x, self.dtype)
-        return self.k.conv3d(xin, self.packed, out_split=self.width, x_border=x_border)
+        return self.k.conv3d(self.k.to_padded(x, self.dtype), self.packed, out_split=self.width, x_border=x_border)
 
 
 def triton_backend_usable(device: torch.device) -> tuple[bool, str]:
@@ -605,8 +600,7 @@ class FastEnsemble:
     the block when that conv is folded or on 2-voxel rows (no launch, no buffer of its own).
     ``raw_cbam``: the stem's CBAM reads its folded conv's raw output, adding bias and ReLU as it
     loads (the conv's epilogue pass is skipped). ``fold_unbordered``: a buffer read only by a
-    folded conv is written without x border (:meth:`TritonMember.tail`). ``x_taps``: the shared
-    first conv reads the input laid out as each voxel's x neighbours (:func:`kernels.x_taps`).
+    folded conv is written without x border (:meth:`TritonMember.tail`).
     """
 
     def __init__(self, ensemble: nn.Module, device: str | torch.device | None = None, *,
@@ -615,8 +609,7 @@ class FastEnsemble:
                  compile_mode: str | None = None, chunk: int | None = None,
                  direct_max_cin: int | None = None, backend: str = "auto",
                  stream_max_batch: int = 1024, fold_max_cin: int = 8, xrun: bool = True,
-                 fuse_shortcut: bool = True, raw_cbam: bool = True, fold_unbordered: bool = True,
-                 x_taps: bool = True) -> None:
+                 fuse_shortcut: bool = True, raw_cbam: bool = True, fold_unbordered: bool = True) -> None:
         if device is None:
             device = next(ensemble.parameters()).device
         self.device = torch.device(device)
@@ -642,7 +635,6 @@ class FastEnsemble:
         self.fold_max_cin, self.xrun = int(fold_max_cin), bool(xrun)
         self.fuse_shortcut = bool(fuse_shortcut)
         self.raw_cbam, self.fold_unbordered = bool(raw_cbam), bool(fold_unbordered)
-        self.x_taps = bool(x_taps)
         folded = [fold_bn(m).to(self.device) for m in ensemble.models]
         self._shared_stem: _SharedStem | None = None
         if backend == "triton":
@@ -694,7 +686,7 @@ class FastEnsemble:
                   for i, m in enumerate(folded)]
         if len(groups) > 1:
             try:
-                self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype, self.x_taps)
+                self._shared_stem = _SharedStem([net.stem0_conv for _, net in groups], self.dtype)
             except _Unsupported as e:
                 log.info("first convs run per member: %s", e)
         return groups

@@ -132,19 +132,14 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
                    STRIDE: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                    KB: tl.constexpr, NCHUNK: tl.constexpr, WO2: tl.constexpr, LPB: tl.constexpr,
                    BN: tl.constexpr, RELU: tl.constexpr, HAS_RES: tl.constexpr,
-                   OSPLIT: tl.constexpr, GSTRIDE, OXB: tl.constexpr = 1, KX: tl.constexpr = 3,
-                   XTAPS: tl.constexpr = False):
+                   OSPLIT: tl.constexpr, GSTRIDE, OXB: tl.constexpr = 1):
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
     xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DOP, HOP, WOP, WO2, LPB, 1, OXB)
-    # first tap of each output voxel's window, in the padded input's coordinates (XTAPS: the
-    # input holds each voxel's x neighbours as channels and has no x border; see x_taps)
+    # first tap of each output voxel's window, in the padded input's coordinates
     zs = (zp - 1) * STRIDE + 1 - PAD
     ys = (yp - 1) * STRIDE + 1 - PAD
-    if XTAPS:
-        xs = xo
-    else:
-        xs = xo * STRIDE + 1 - PAD
+    xs = xo * STRIDE + 1 - PAD
     base = (((n * DIP + zs) * HIP + ys) * WIP + xs) * CIN
     cols = tl.arange(0, KB)
     co = pid_n * BN + tl.arange(0, BN)
@@ -153,17 +148,15 @@ def _conv3d_kernel(x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, NLINES,
         k = c * KB + cols
         tap = k // CIN_PAD
         ci = k % CIN_PAD
-        dz = tap // (KS * KX)
-        dy = (tap // KX) % KS
-        dx = tap % KX
+        dz = tap // (KS * KS)
+        dy = (tap // KS) % KS
+        dx = tap % KS
         col_off = ((dz * HIP + dy) * WIP + dx) * CIN + ci
-        if XTAPS:  # each tap's 4 channels are 8 aligned bytes: one vector load, not 4
-            col_off = tl.max_contiguous(tl.multiple_of(col_off, 4), 4)
         mask = inside[:, None]
         if CIN != CIN_PAD:  # only then can a column be a padding channel (keeps loads vectorisable)
             mask = mask & (ci < CIN)[None, :]
-        if NCHUNK * KB > KS * KS * KX * CIN_PAD:
-            mask = mask & (tap < KS * KS * KX)[None, :]
+        if NCHUNK * KB > KS * KS * KS * CIN_PAD:
+            mask = mask & (tap < KS * KS * KS)[None, :]
         a = tl.load(x_ptr + base[:, None] + col_off[None, :], mask=mask, other=0.0)
         w = tl.load(w_ptr + k[:, None] * WCOLS + co[None, :])
         acc += tl.dot(a, w)
@@ -250,7 +243,6 @@ class PackedConv:
     nchunk: int  # reduction chunks (x-run kernel: chunks per (dz, dy) run)
     bn: int
     xb: int = 1  # output voxels per tile row (> 1: the x-run kernel, weight banded along x)
-    kx: int = 0  # taps along x (0: ks); 1 for a 1-channel conv packed to read x_taps() input
     # launch parameters (None: conv3d's defaults); see conv3d
     block_m: int | None = None
     num_warps: int = 4
@@ -295,26 +287,6 @@ def pack_conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padd
     if bias is not None:
         b[:cout] = bias.detach().float()
     return PackedConv(w.to(dtype).contiguous(), b, cin, cout, ks, stride, padding, cin_pad, kb, nchunk, bn)
-
-
-def pack_conv_x_taps(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> PackedConv:
-    """Pack a 1-channel 3x3x3 'same' conv to read :func:`x_taps` input: each voxel's three x
-    neighbours are its channels, so the conv is 9 (z, y) taps of 8 bytes per output voxel instead
-    of 27 gathers of 2 bytes (the first conv's one-voxel rows are bound by those gathers)."""
-    cout, cin, kd, kh, kw = weight.shape
-    if cin != 1 or not kd == kh == kw == 3:
-        raise ValueError(f"x-taps packing takes a 1-channel 3x3x3 conv, got {tuple(weight.shape)}")
-    w4 = torch.zeros(cout, 4, 3, 3, 1, dtype=weight.dtype, device=weight.device)
-    w4[:, :3, :, :, 0] = weight[:, 0].permute(0, 3, 1, 2)  # channel j = tap dx = j
-    cin_pad, kb = 4, 64
-    bn = min(128, max(16, triton.next_power_of_2(cout)))
-    wcols = math.ceil(cout / bn) * bn
-    w = torch.zeros(kb, wcols, dtype=torch.float32, device=weight.device)
-    w[:36].view(9, 4, wcols)[:, :, :cout] = w4.detach().float().permute(2, 3, 4, 1, 0).reshape(9, 4, cout)
-    b = torch.zeros(wcols, dtype=torch.float32, device=weight.device)
-    if bias is not None:
-        b[:cout] = bias.detach().float()
-    return PackedConv(w.to(dtype).contiguous(), b, 4, cout, 3, 1, 1, cin_pad, kb, 1, bn, kx=1)
 
 
 def _pack_xrun(weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dtype: torch.dtype, xb: int,
@@ -407,8 +379,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
     n, dip, hip, wip, xc = x.shape
     if xc != p.cin:
         raise ValueError(f"conv expects {p.cin} input channels, buffer has {xc}")
-    x_taps_input = p.kx == 1  # x_taps() layout: no x border, the x neighbours are the channels
-    d, h, w = dip - 2, hip - 2, wip - (0 if x_taps_input else 2)
+    d, h, w = dip - 2, hip - 2, wip - 2
     do, ho, wo = ((s + 2 * p.pad - p.ks) // p.stride + 1 for s in (d, h, w))
     if x_border not in (0, 1) or (x_border == 0 and (p.xb > 1 or residual is not None or shortcut is not None)):
         raise ValueError(f"x_border must be 1, or 0 for one-voxel rows without residual or shortcut; got {x_border}")
@@ -448,7 +419,7 @@ def conv3d(x: torch.Tensor, p: PackedConv, *, relu: bool = True, residual: torch
                          do + 2, ho + 2, wo + 2, dip, hip, wip,
                          p.cin, p.cout, p.cin_pad, p.weight.shape[1],
                          p.stride, p.ks, p.pad, p.kb, p.nchunk, wo2, lpb, p.bn, relu, residual is not None,
-                         osplit, gstride, x_border, p.kx or p.ks, x_taps_input, num_warps=num_warps, **extra)
+                         osplit, gstride, x_border, num_warps=num_warps, **extra)
     return out
 
 
@@ -723,32 +694,6 @@ def to_padded(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if c != 1:
         raise ValueError(f"expected one input channel, got {c}")
     return bias_act_pad(x.contiguous().view(n, d, h, w, 1), None, relu=False, dtype=dtype)
-
-
-@triton.jit
-def _x_taps_kernel(x_ptr, out_ptr, NLINES, DP: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, WO2: tl.constexpr,
-                   LPB: tl.constexpr):
-    pid = tl.program_id(0)
-    xo, yp, zp, n, inside, store_ok, out_vox = _line_rows(pid, NLINES, DP, HP, WP, WO2, LPB, 1, 0)
-    j = tl.arange(0, 4)
-    xi = xo[:, None] + j[None, :] - 1
-    ok = inside[:, None] & (j < 3)[None, :] & (xi >= 0) & (xi < WP - 2)
-    src = ((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2)
-    v = tl.load(x_ptr + src[:, None] + xi, mask=ok, other=0.0)
-    tl.store(out_ptr + out_vox[:, None] * 4 + j[None, :], v.to(out_ptr.dtype.element_ty), mask=store_ok[:, None])
-
-
-def x_taps(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, 1, D, H, W) input -> (N, D+2, H+2, W, 4) in ``dtype``: each voxel's x - 1, x, x + 1
-    neighbours (zero beyond the volume) and a zero, with a zero z/y border -- the input of a
-    1-channel first conv packed by :func:`pack_conv_x_taps`. One pass."""
-    n, c, d, h, w = x.shape
-    if c != 1:
-        raise ValueError(f"expected one input channel, got {c}")
-    out = torch.empty((n, d + 2, h + 2, w, 4), device=x.device, dtype=dtype)
-    _, wo2, lpb, grid = _pass_launch(n, d + 2, h + 2, w, 4, None)
-    _x_taps_kernel[(grid,)](x.contiguous(), out, n * (d + 2) * (h + 2), d + 2, h + 2, w + 2, wo2, lpb)
-    return out
 
 
 def interior(x: torch.Tensor) -> torch.Tensor:

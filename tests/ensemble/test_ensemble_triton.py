@@ -44,7 +44,7 @@ def test_triton_backend_refuses_cpu_without_the_interpreter(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("options", [{}, {"xrun": False, "fuse_shortcut": False}, {"fold_max_cin": 0},
-                                     {"fold_max_cin": 0, "xrun": False}, {"raw_cbam": False, "fold_unbordered": False, "x_taps": False}])
+                                     {"fold_max_cin": 0, "xrun": False}, {"raw_cbam": False, "fold_unbordered": False}])
 def test_triton_engine_on_gpu_matches_fp32_reference(options):
     """bf16 Triton engine with CUDA graphs vs the fp32 reference, on five distinct members: the
     default plan and with its steps off (every kernel path the plan can pick runs somewhere)."""

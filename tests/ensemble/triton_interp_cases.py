@@ -86,26 +86,8 @@ def case_split() -> None:
     assert (out[:, :, [0, -1]] == 0).all() and (out[:, :, :, [0, -1]] == 0).all()
     err = (out[:, :, 1:-1, 1:-1].permute(1, 0, 5, 2, 3, 4).reshape(2, 12, 5, 6, 7) - ref).abs().max().item()
     assert err < 1e-4, err
-    # the input as each voxel's x neighbours (no x border), the conv as 9 (z, y) taps over them
-    xt = K.x_taps(x, torch.float32)
-    assert xt.shape == (2, 7, 8, 7, 4), xt.shape
-    assert torch.equal(xt[:, 1:-1, 1:-1, :, 1], x[:, 0]) and torch.equal(xt[:, 1:-1, 1:-1, 1:, 0], x[:, 0, ..., :-1])
-    assert torch.equal(xt[:, 1:-1, 1:-1, :-1, 2], x[:, 0, ..., 1:])
-    assert (xt[..., 0, 0] == 0).all() and (xt[..., -1, 2] == 0).all() and (xt[..., 3] == 0).all()
-    assert (xt[:, [0, -1]] == 0).all() and (xt[:, :, [0, -1]] == 0).all(), "z/y border not zero"
-    pt = K.pack_conv_x_taps(wt, b, torch.float32)
-    for xb in (1, 0):
-        out = K.conv3d(xt, pt, out_split=4, x_border=xb)
-        assert out.shape == (3, 2, 7, 8, 7 + 2 * xb, 4), out.shape
-        got = out[:, :, 1:-1, 1:-1, xb:out.shape[4] - xb].permute(1, 0, 5, 2, 3, 4).reshape(2, 12, 5, 6, 7)
-        assert (got - ref).abs().max().item() < 1e-4, xb
-        if xb:
-            _check_border_zero(out[0])
     p2 = K.pack_conv(wt, b, 1, 1, torch.float32, xb=2)
-    _each_raises_value_error(lambda: K.pack_conv_x_taps(torch.randn(4, 2, 3, 3, 3), None, torch.float32),
-                             lambda: K.x_taps(torch.rand(1, 2, 3, 3, 3), torch.float32),
-                             lambda: K.conv3d(_padded(x), pt),  # a padded 1-channel buffer is not x-taps input
-                             lambda: K.conv3d(_padded(x), p2, x_border=0),  # one-voxel rows only
+    _each_raises_value_error(lambda: K.conv3d(_padded(x), p2, x_border=0),  # one-voxel rows only
                              lambda: K.conv3d(_padded(x), K.pack_conv(wt, b, 1, 1, torch.float32), x_border=2))
     print("split ok")
 
@@ -299,10 +281,9 @@ def case_engine() -> None:
                                                   or folded_conv(h, fc, x_border))
     for fold_max_cin, xrun, fused, raw, unb in ((8, True, True, True, True), (8, True, False, False, False),
                                                 (8, False, True, True, False), (0, False, True, True, True)):
-        taps = unb  # the shared first conv on x-neighbour input, or gathering its 27 taps
         fast = FastEnsemble(ens, "cpu", backend="triton", fold_max_cin=fold_max_cin, xrun=xrun,
-                            fuse_shortcut=fused, raw_cbam=raw, fold_unbordered=unb, x_taps=taps)
-        assert fast.backend == "triton" and fast._shared_stem is not None and fast._shared_stem.x_taps == taps
+                            fuse_shortcut=fused, raw_cbam=raw, fold_unbordered=unb)
+        assert fast.backend == "triton" and fast._shared_stem is not None
         stats_on_raw.clear()
         unbordered_reads.clear()
         err = (fast.member_proba(x) - ens.member_proba(x)).abs().max().item()
