@@ -520,9 +520,7 @@ class TritonMember(nn.Module):
         it is written without x border (``fold_unbordered``): fewer folded channels, often a
         multiple of 128, which cuDNN runs much faster."""
         width = h.shape[3] - 2 * x_border
-        p = self.stem[1].packed(width)
-        if not (isinstance(p, self.fold.FoldedConv) or x_border == 1):
-            raise ValueError("only a folded second conv reads a first-conv output without x border")
+        p = self.stem[1].packed(width)  # conv() refuses an unbordered input where it is not folded
         sxb = 0 if (self.fold_unbordered and self.stem_cbam is not None and self.stages
                     and self.folded(self.stages[0][0], width)) else 1
         if self.raw_cbam and self.stem_cbam is not None and isinstance(p, self.fold.FoldedConv) and p.bias is not None:
@@ -728,25 +726,25 @@ class FastEnsemble:
         if self._shared_stem is not None:
             nets = [net for _, net in self.groups]
             xb = 0 if all(net.stem_reads_unbordered(x.shape[-1]) for net in nets) else 1
-            members = [(net, h0, xb) for net, h0 in zip(nets, self._shared_stem(x, xb))]
+            members = list(zip(nets, self._shared_stem(x, xb)))
             if self._streams and x.shape[0] <= self.stream_max_batch:
-                outs = self._on_streams(members)
+                outs = self._on_streams(members, xb)
             else:
-                outs = [net.tail(h0, xb) for net, h0, xb in members]
+                outs = [net.tail(h0, xb) for net, h0 in members]
         else:
             outs = [net(x) for _, net in self.groups]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
         return out.index_select(0, self._inverse)
 
-    def _on_streams(self, members: list) -> list[torch.Tensor]:
+    def _on_streams(self, members: list, x_border: int) -> list[torch.Tensor]:
         """Each member's tail on its own stream, forked from and joined back into the current one
         (the pattern CUDA-graph capture accepts)."""
         main = torch.cuda.current_stream(self.device)
         outs = []
-        for stream, (net, h0, xb) in zip(self._streams, members):
+        for stream, (net, h0) in zip(self._streams, members):
             stream.wait_stream(main)
             with torch.cuda.stream(stream):
-                out = net.tail(h0, xb)
+                out = net.tail(h0, x_border)
             if not torch.cuda.is_current_stream_capturing():  # a captured graph keeps its own pool
                 out.record_stream(main)  # freed only after the main stream has used it
             outs.append(out)

@@ -93,6 +93,12 @@ def _unpadded_vox(n, zp, yp, xo, DP: tl.constexpr, HP: tl.constexpr, WP: tl.cons
     return ((n * (DP - 2) + zp - 1) * (HP - 2) + yp - 1) * (WP - 2) + xo
 
 
+@triton.jit
+def _padded_vox(n, zp, yp, xo, DP: tl.constexpr, HP: tl.constexpr, W: tl.constexpr, XBORDER: tl.constexpr):
+    """Index of voxel (n, zp, yp, xo) of the interior's x range in a (N, DP, HP, W + 2 XBORDER) grid."""
+    return ((n * DP + zp) * HP + yp) * (W + 2 * XBORDER) + xo + XBORDER
+
+
 def _tiling(out_w: int, block_m: int) -> tuple[int, int]:
     wo2 = triton.next_power_of_2(out_w)
     return wo2, max(1, block_m // wo2)
@@ -537,6 +543,13 @@ def channel_stats(x: torch.Tensor, parts: int | None = None,
     return s, m
 
 
+def _cbam_geometry(x: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int, int, int, int]:
+    """(N, D+2, H+2, W+2, C) of CBAM's padded input, or of the padded buffer a folded conv's raw
+    output ``x`` (N, D, H, W, C) stands for when ``bias`` is given."""
+    n, d, h, w, c = x.shape
+    return (n, d, h, w, c) if bias is None else (n, d + 2, h + 2, w + 2, c)
+
+
 def _bias_arg(bias: torch.Tensor | None, c: int, fallback: torch.Tensor) -> torch.Tensor:
     if bias is None:
         return fallback
@@ -607,7 +620,7 @@ def _cbam_desc_kernel(x_ptr, b_ptr, g_ptr, out_ptr, NLINES, DP: tl.constexpr, HP
     else:
         mx = tl.max(t, axis=1)
     mean = tl.sum(t, axis=1) / C
-    dst = 2 * (((n * DP + zp) * HP + yp) * (WP - 2) + xo)  # the descriptor's lines are W voxels long
+    dst = 2 * _padded_vox(n, zp, yp, xo, DP, HP, WP - 2, 0)  # the descriptor's lines are W voxels long
     tl.store(out_ptr + dst, mx.to(out_ptr.dtype.element_ty), mask=store_ok)
     tl.store(out_ptr + dst + 1, mean.to(out_ptr.dtype.element_ty), mask=store_ok)
 
@@ -618,11 +631,7 @@ def cbam_desc(x: torch.Tensor, gate: torch.Tensor, bias: torch.Tensor | None = N
     in x, so that the folded gate conv sees 2 * W channels (a multiple of 8, which cuDNN's fast
     kernels need; run it with ``x_border=0``). With ``bias``, ``x`` is a folded conv's raw output
     (N, D, H, W, C) and the descriptor is that of ``relu(x + bias)``."""
-    if bias is None:
-        n, dp, hp, wp, c = x.shape
-    else:
-        n, d, h, w, c = x.shape
-        dp, hp, wp = d + 2, h + 2, w + 2
+    n, dp, hp, wp, c = _cbam_geometry(x, bias)
     out = torch.empty((n, dp, hp, wp - 2, 2), device=x.device, dtype=x.dtype)
     cp, wo2, lpb, grid = _pass_launch(n, dp, hp, wp - 2, c, 4096 // triton.next_power_of_2(c))
     _cbam_desc_kernel[(grid,)](x, _bias_arg(bias, c, x), gate.float().contiguous(), out, n * dp * hp, dp, hp, wp, c,
@@ -649,7 +658,7 @@ def _cbam_apply_kernel(x_ptr, b_ptr, a_ptr, g_ptr, out_ptr, NLINES,
     elif OXB:
         xc = tl.load(x_ptr + off, mask=m2, other=0.0).to(tl.float32)
     else:  # the input keeps its x border
-        in_vox = ((n * DP + zp) * HP + yp) * WP + xo + 1
+        in_vox = _padded_vox(n, zp, yp, xo, DP, HP, WP - 2, 1)
         xc = tl.load(x_ptr + in_vox[:, None] * C + ch[None, :], mask=m2, other=0.0).to(tl.float32)
     if NASLUNG:
         y = s * xc + xc
@@ -672,11 +681,7 @@ def cbam_apply(x: torch.Tensor, logits: torch.Tensor, gate: torch.Tensor, *, nas
     folded cuDNN conv writing logits, made this pass 3x slower on an H200: 4.9 vs 1.5 ms per
     batch of 1024 over the ensemble's 20 CBAMs, docs/measurements/2026-12-01/run23.)
     """
-    if bias is None:
-        n, dp, hp, wp, c = x.shape
-    else:
-        n, d, h, w, c = x.shape
-        dp, hp, wp = d + 2, h + 2, w + 2
+    n, dp, hp, wp, c = _cbam_geometry(x, bias)
     if logits.shape != (n, dp - 2, hp - 2, wp - 2):
         raise ValueError(f"logits shape {tuple(logits.shape)} does not match buffer {(n, dp, hp, wp, c)}")
     if x_border not in (0, 1):
