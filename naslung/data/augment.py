@@ -15,6 +15,11 @@ background — a random erosion of its field of view — so the border's width v
 class and stops being a clean size proxy. It does not remove the shortcut on its own: report it
 together with a check on crops whose border was removed (manifest column ``fov_fraction``).
 
+In-plane rotation (``rot90_p``): with this probability a sample is turned by a random multiple of
+90 degrees in the (y, x) plane. Crops are isotropic and an axial nodule has no preferred in-plane
+direction, so this quadruples the orientations the model sees; only in-plane turns are used so that
+a field-of-view box that is thinner in z than in x, y (``prepare --fov-mm 24,24,6``) stays the same.
+
 Randomness: every random number is drawn from ``generator`` (a CPU ``torch.Generator`` by default)
 and then moved to the batch's device, so a seed gives the same augmentation on CPU and GPU.
 """
@@ -35,12 +40,13 @@ class AugmentConfig:
     fill: float = 0.0            # background value for padding and zero-out (normalised air)
     border_jitter: int = 0       # VOI-border guard: max background slab per face (0 = off)
     border_jitter_p: float = 0.5
+    rot90_p: float = 0.0         # probability of a random in-plane (y, x) quarter turn (0 = off)
 
     def __post_init__(self) -> None:
         for name in ("pad", "zero_out", "border_jitter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("flip_p", "zero_out_p", "border_jitter_p"):
+        for name in ("flip_p", "zero_out_p", "border_jitter_p", "rot90_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment {name} must be a probability, got {getattr(self, name)}")
 
@@ -111,6 +117,14 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig = AugmentConfig(),
                 (torch.arange(s, device=dev)[None] < s - t[:, 2 * a + 1, None]) for a, s in enumerate(dims)]
         inside = keep[0][:, :, None, None] & keep[1][:, None, :, None] & keep[2][:, None, None, :]
         out = out.masked_fill(~inside[:, None], cfg.fill)
+
+    # --- in-plane quarter turns (only when the plane is square)
+    if cfg.rot90_p > 0 and h == w:
+        turns = _randint(3, n, 1, generator, dev)[:, 0] * (_rand(n, generator, dev) < cfg.rot90_p)
+        for k in (1, 2, 3):
+            sel = (turns == k).nonzero(as_tuple=True)[0]
+            if len(sel):
+                out[sel] = torch.rot90(out[sel], k, dims=(3, 4))
 
     out = out.contiguous()
     return out.squeeze(1) if squeeze else out

@@ -9,6 +9,7 @@ No anti-alias smoothing is applied when downsampling (as in LUNA16/DeepLung prep
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -89,12 +90,14 @@ def _require_inside(image: sitk.Image, center_xyz: Sequence[float], source: str)
 def crop_at_world(image: sitk.Image, center_xyz: Sequence[float], spec: CropSpec, *,
                   source: str = "image") -> np.ndarray:
     """HU cube (S, S, S) int16, axis order (z, y, x), centred on a world point (LPS mm), padded with
-    ``spec.pad_hu``. A centre outside the volume raises :class:`OutsideVolumeError`."""
+    ``spec.pad_hu`` (also outside ``spec.fov_mm``'s box when the spec has one). A centre outside the
+    volume raises :class:`OutsideVolumeError`."""
     _require_inside(image, center_xyz, source)
     out = sitk.Resample(image, crop_reference(center_xyz, spec), sitk.Transform(), sitk.sitkLinear,
                         float(spec.pad_hu), sitk.sitkFloat32)
     arr = sitk.GetArrayFromImage(out)
-    return np.clip(np.rint(arr), _INT16.min, _INT16.max).astype(np.int16)
+    crop = np.clip(np.rint(arr), _INT16.min, _INT16.max).astype(np.int16)
+    return spec.apply_fov(crop) if spec.fov_mm is not None else crop
 
 
 def crop_mask_at_world(mask: sitk.Image, center_xyz: Sequence[float], spec: CropSpec, *,
@@ -146,18 +149,14 @@ def parse_fov(value: str | float | Sequence[float]) -> tuple[float, float, float
 
 def fov_box(spec: CropSpec, fov_xyz_mm: Sequence[float]) -> np.ndarray:
     """Bool (S, S, S) mask of the crop voxels within a centred box of ``fov_xyz_mm`` (x, y, z mm)."""
-    offs = np.abs(np.arange(spec.size) - spec.size // 2) * spec.spacing_mm
-    fx, fy, fz = (float(v) / 2 + 1e-6 for v in fov_xyz_mm)
-    return (offs[:, None, None] <= fz) & (offs[None, :, None] <= fy) & (offs[None, None, :] <= fx)
+    return dataclasses.replace(spec, fov_mm=tuple(fov_xyz_mm)).fov_mask()
 
 
 def apply_fov(crop: np.ndarray, spec: CropSpec, fov_xyz_mm: Sequence[float]) -> np.ndarray:
     """Set everything outside a fixed centred box to ``spec.pad_hu``: the same field of view for
     every crop, one guard against the VOI-border shortcut (a VOI smaller than the box still shows
-    its own border; ``fov_fraction`` tells which)."""
-    out = np.array(crop, copy=True)
-    out[~fov_box(spec, fov_xyz_mm)] = np.asarray(spec.pad_hu).astype(out.dtype)
-    return out
+    its own border; ``fov_fraction`` tells which). ``CropSpec(fov_mm=...)`` does the same."""
+    return dataclasses.replace(spec, fov_mm=tuple(fov_xyz_mm)).apply_fov(crop)
 
 
 def mask_centroid_world(mask: sitk.Image, source: str = "mask") -> tuple[float, float, float]:

@@ -38,7 +38,7 @@ from torch import nn
 
 from naslung.ensemble.rules import combine
 from naslung.models.blocks import ConvBNReLU, ResidualBlock
-from naslung.models.cbam import CBAM3d
+from naslung.models.cbam import CBAM3d, spatial_activation
 from naslung.models.heads import AMSoftmaxHead, ASoftmaxHead, SoftmaxHead
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class _GCBAM(nn.Module):
         super().__init__()
         self.m = len(cbams)
         self.variant = cbams[0].variant
+        self.style = cbams[0].style
         self.gate = cbams[0].channel_gate.gate
         self.hidden_act = not isinstance(cbams[0].channel_gate.act, nn.Identity)
         stack = lambda ts: nn.Parameter(torch.stack([t.detach() for t in ts]).clone(), requires_grad=False)
@@ -212,11 +213,12 @@ class _GCBAM(nn.Module):
         if x.is_contiguous(memory_format=torch.channels_last_3d):
             desc = desc.contiguous(memory_format=torch.channels_last_3d)
         if self.m == 1 and self.direct:
-            s = torch.sigmoid(direct_conv3d(desc, self.sp_weight, None, (1, 1, 1), self.sp_padding))
+            logits = direct_conv3d(desc, self.sp_weight, None, (1, 1, 1), self.sp_padding)
         else:
-            s = torch.sigmoid(F.conv3d(desc, self.sp_weight, None, 1, self.sp_padding, 1, self.m))
+            logits = F.conv3d(desc, self.sp_weight, None, 1, self.sp_padding, 1, self.m)
+        s = spatial_activation(logits.reshape(n * self.m, 1, d, h, w), self.style.spatial_act)
         s = s.view(n, self.m, 1, d, h, w)
-        out = s * xv + xv if self.variant == "naslung" else s * xc
+        out = s * xv + xv if self.style.residual else s * xc
         return out.reshape(n, mc, d, h, w)
 
 
@@ -468,6 +470,8 @@ class TritonMember(nn.Module):
             return None
         if not isinstance(m, CBAM3d):
             raise _Unsupported(f"attention module {type(m).__name__}")
+        if m.style.spatial_act != "sigmoid":
+            raise _Unsupported(f"CBAM variant {m.variant!r}: the kernels gate voxels by sigmoid only")
         cg = m.channel_gate
         spatial = m.spatial_gate.conv.weight.detach().float()
         try:
@@ -476,7 +480,7 @@ class TritonMember(nn.Module):
             raise _Unsupported(str(e)) from None
         return {"fc1": cg.fc1.weight.detach().float(), "fc2": cg.fc2.weight.detach().float(),
                 "relu": not isinstance(cg.act, nn.Identity), "gate": cg.gate,
-                "spatial": gate_conv, "naslung": m.variant == "naslung"}
+                "spatial": gate_conv, "naslung": m.style.residual}
 
     def channel_gate(self, h: torch.Tensor, p: dict, bias: torch.Tensor | None = None) -> torch.Tensor:
         """CBAM's channel weights (N, C) fp32 for the padded buffer ``h`` (or, with ``bias``, for

@@ -14,7 +14,7 @@ from typing import Any
 from naslung.configio import strict_from_dict
 
 HEADS = ("asoftmax", "softmax", "amsoftmax")
-CBAM_VARIANTS = ("naslung", "original", "none")
+CBAM_VARIANTS = ("naslung", "naslung-exact", "original", "none")
 WIDTHS = (4, 8, 16, 32, 64, 128)
 
 

@@ -11,13 +11,22 @@ Every head answers two questions:
 A-Softmax (Liu et al., SphereFace, CVPR 2017) replaces the target logit ``|x| cos(theta)`` with
 ``|x| (lambda cos(theta) + psi(theta)) / (1 + lambda)`` where
 ``psi(theta) = (-1)^k cos(m theta) - 2k`` for ``theta`` in ``[k pi/m, (k+1) pi/m]``, and lambda is
-annealed from 1500 down to 5 (``max(5, 1500 / (1 + 0.1 it))``) so that training starts as plain
-softmax and ends with most of the margin. (The NAS-Lung seed's AngleLoss built an all-zero index
-mask, so its margin never reached the loss; here it does, and tests check it numerically.)
+annealed from ``start`` (1500) down to ``floor`` (5) so that training starts as plain softmax and
+ends with most of the margin.
+
+SphereFace anneals per iteration (``max(5, 1500 / (1 + 0.1 it))``), which assumes hundreds of
+thousands of iterations. A 505-nodule dataset gives ~10 steps an epoch: after 60 epochs that
+schedule is still at lambda ~ 25, so the margin carries ~4 % of the target logit and ``m`` is an
+inert knob. :class:`LambdaSchedule` therefore anneals by *fraction of training*: the same
+hyperbolic shape, reaching the floor at ``floor_at`` (default half) of the planned steps, whatever
+their number. The trainer passes the scheduled lambda to ``margin_logits(lam=...)``.
+(The NAS-Lung seed's AngleLoss built an all-zero index mask, so its margin never reached the loss;
+here it does, and tests check it numerically.)
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +36,48 @@ HEADS = ("asoftmax", "softmax", "amsoftmax")
 DEFAULT_ASOFTMAX_M = 4
 DEFAULT_AM_MARGIN = 0.35
 DEFAULT_AM_SCALE = 30.0
+
+
+@dataclass(frozen=True)
+class LambdaSchedule:
+    """A-Softmax's lambda by fraction of training: ``max(floor, start / (1 + k t))``, t = step / total.
+
+    ``k`` is chosen so that lambda reaches ``floor`` at ``t = floor_at`` and stays there: with
+    ``floor_at = 0.5`` the second half of training runs with the full margin, for 10 epochs or 1000.
+
+    Args:
+        start: lambda at step 0 (SphereFace: 1500; large = plain softmax).
+        floor: the smallest lambda (SphereFace: 5; the target logit is then
+            ``(5 cos + psi) / 6``: ~17 % margin).
+        floor_at: fraction of ``total_steps`` at which the floor is reached, in (0, 1].
+        total_steps: the planned number of optimiser steps (epochs x batches per epoch).
+
+    Raises:
+        ValueError: on a floor above the start, a non-positive floor or total, or floor_at outside (0, 1].
+    """
+
+    start: float = 1500.0
+    floor: float = 5.0
+    floor_at: float = 0.5
+    total_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.floor > 0 and self.start >= self.floor):
+            raise ValueError(f"A-Softmax lambda needs start >= floor > 0, got start={self.start}, floor={self.floor}")
+        if not 0 < self.floor_at <= 1:
+            raise ValueError(f"A-Softmax lambda floor_at must be in (0, 1], got {self.floor_at}")
+        if self.total_steps < 1:
+            raise ValueError(f"A-Softmax lambda schedule needs total_steps >= 1, got {self.total_steps}")
+
+    def __call__(self, step: int) -> float:
+        t = max(0.0, step / self.total_steps)
+        k = (self.start / self.floor - 1.0) / self.floor_at
+        return max(self.floor, self.start / (1.0 + k * t))
+
+
+def margin_share(lam: float) -> float:
+    """The share of the target logit that is the margin term psi: ``1 / (1 + lam)``."""
+    return 1.0 / (1.0 + lam)
 
 
 def chebyshev_cos_m(cos: torch.Tensor, m: int) -> torch.Tensor:
@@ -99,7 +150,8 @@ class ASoftmaxHead(_CosineHead):
         self.lam_max, self.lam_min, self.lam_decay = float(lam_max), float(lam_min), float(lam_decay)
 
     def lambda_at(self, step: int) -> float:
-        """SphereFace's schedule: lambda = max(lam_min, lam_max / (1 + decay * step))."""
+        """SphereFace's per-iteration schedule, max(lam_min, lam_max / (1 + decay * step)); the
+        trainer uses :class:`LambdaSchedule` instead and passes ``lam`` (see the module docstring)."""
         return max(self.lam_min, self.lam_max / (1.0 + self.lam_decay * step))
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:

@@ -59,9 +59,10 @@ class NASLungNet(nn.Module):
         """Inference logits (N, num_classes); angular heads give |x| cos(theta) or s cos(theta)."""
         return self.head(self.embed(x))
 
-    def margin_logits(self, x: torch.Tensor, target: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def margin_logits(self, x: torch.Tensor, target: torch.Tensor, step: int | None = None,
+                      lam: float | None = None) -> torch.Tensor:
         """Training logits with the head's margin on the target class (see heads.py)."""
-        return self.head.margin_logits(self.embed(x), target, step=step)
+        return self.head.margin_logits(self.embed(x), target, step=step, lam=lam)
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, num_classes): softmax of the inference logits, for every head."""

@@ -32,6 +32,16 @@ class TrainConfig:
     augment_options: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields
     class_balanced: bool = False       # sample training batches with equal class probability
     eval_batch_size: int = 256
+    # A-Softmax lambda, annealed by fraction of training (naslung.models.heads.LambdaSchedule);
+    # other heads ignore it. The margin m itself is the model config's ``margin``.
+    lambda_start: float = 1500.0       # lambda at step 0 (SphereFace: 1500)
+    lambda_min: float = 5.0            # floor (SphereFace: 5)
+    lambda_floor_at: float = 0.5       # fraction of the planned steps at which the floor is reached
+    # Learning from every reader (naslung.train.targets); both need the manifest's reader ratings.
+    soft_labels: float = 0.0           # weight of the reader soft label in the target (0 = hard labels)
+    aux_weight: float = 0.0            # weight of the auxiliary rating-regression loss (0 = off)
+    aux_targets: tuple[str, ...] = ("malignancy_mean", "spiculation", "lobulation", "margin", "sphericity",
+                                    "texture", "calcification", "subtlety")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -43,6 +53,15 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2 (BatchNorm), got {self.epochs}, {self.batch_size}")
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.aux_targets = tuple(str(t) for t in self.aux_targets)  # type: ignore[assignment]
+        if not (self.lambda_min > 0 and self.lambda_start >= self.lambda_min):
+            raise ValueError(f"need lambda_start >= lambda_min > 0, got {self.lambda_start}, {self.lambda_min}")
+        if not 0 < self.lambda_floor_at <= 1:
+            raise ValueError(f"lambda_floor_at must be in (0, 1], got {self.lambda_floor_at}")
+        if not 0 <= self.soft_labels <= 1:
+            raise ValueError(f"soft_labels is a weight in [0, 1], got {self.soft_labels}")
+        if self.aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
 
     def resolved_device(self) -> str:
         import torch
@@ -54,6 +73,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["aux_targets"] = list(self.aux_targets)
         return d
 
     @classmethod

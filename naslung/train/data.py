@@ -6,12 +6,13 @@ are index gathers. 1000 crops of 32^3 float32 are 131 MB, far below any GPU's me
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from naslung.data.spec import CropSpec
+from naslung.train.targets import ReaderTargets
 
 
 @dataclass
@@ -19,6 +20,8 @@ class DeviceData:
     x: torch.Tensor  # (N, 1, S, S, S) float32, normalised, on device
     y: torch.Tensor  # (N,) int64 on device
     spec: CropSpec
+    readers: ReaderTargets | None = None   # reader soft labels / ratings (from the manifest), host side
+    rows: list = field(default_factory=list)  # the manifest rows, for other reader targets
 
     @classmethod
     def from_arrays(cls, crops_hu: np.ndarray, labels: np.ndarray, spec: CropSpec,
@@ -30,8 +33,12 @@ class DeviceData:
 
     @classmethod
     def from_dataset(cls, ds, device: str | torch.device = "cpu") -> "DeviceData":
-        """From a :class:`naslung.data.dataset.PreparedDataset`."""
-        return cls.from_arrays(ds.crops, ds.labels, ds.spec, device)
+        """From a :class:`naslung.data.dataset.PreparedDataset`, with its readers' ratings when the
+        manifest has them."""
+        data = cls.from_arrays(ds.crops, ds.labels, ds.spec, device)
+        data.rows = list(ds.rows)
+        data.readers = ReaderTargets.from_rows(ds.rows)
+        return data
 
     @property
     def device(self) -> torch.device:

@@ -105,12 +105,56 @@ def epoch_batches(train_idx: torch.Tensor, labels: torch.Tensor, batch_size: int
     return batches
 
 
+@dataclass
+class StepTargets:
+    """What one batch is trained towards besides ``y``: reader soft labels and auxiliary ratings."""
+
+    soft: torch.Tensor | None = None   # (B,) P(malignant) from the readers, NaN = unknown
+    soft_weight: float = 0.0
+    aux: torch.Tensor | None = None    # (B, K) standardised ratings, NaN = unknown
+    aux_weight: float = 0.0
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None = None,
+                        soft_weight: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against the hard label, or against ``(1 - w) onehot(y) + w [1 - soft, soft]``
+    (crops without a soft label keep the hard one)."""
+    logits = logits.float()
+    if soft is None or soft_weight <= 0:
+        return F.cross_entropy(logits, y)
+    hard = F.one_hot(y, logits.shape[1]).float()
+    s = torch.where(torch.isnan(soft), y.float(), soft.float())
+    target = (1 - soft_weight) * hard + soft_weight * torch.stack([1 - s, s], dim=1)
+    return F.cross_entropy(logits, target)
+
+
+def aux_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the known (non-NaN) entries; 0 when none is known."""
+    known = ~torch.isnan(target)
+    if not bool(known.any()):
+        return pred.sum() * 0.0
+    return F.mse_loss(pred.float()[known], target[known])
+
+
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, step: int,
-               amp: bool = True) -> tuple[float, int]:
-    """One forward (margin logits) + backward + optimizer step; returns (loss, n correct)."""
+               amp: bool = True, *, lam: float | None = None, targets: StepTargets | None = None,
+               aux_head: nn.Module | None = None) -> tuple[float, int]:
+    """One forward (margin logits) + backward + optimizer step; returns (loss, n correct).
+
+    ``lam`` is the A-Softmax lambda for this step (None: the head's own per-step schedule).
+    With ``targets``, soft labels mix into the target and ``aux_head`` regresses the ratings
+    from the same embedding the classifier sees.
+    """
+    t = targets or StepTargets()
     with autocast_for(x.device, amp):
-        logits = model.margin_logits(x, y, step=step)
-    loss = F.cross_entropy(logits.float(), y)
+        emb = model.embed(x)
+        if lam is None:
+            logits = model.head.margin_logits(emb, y, step=step)
+        else:
+            logits = model.head.margin_logits(emb, y, lam=lam)
+        loss = classification_loss(logits, y, t.soft, t.soft_weight)
+        if aux_head is not None and t.aux is not None and t.aux_weight > 0:
+            loss = loss + t.aux_weight * aux_loss(aux_head(emb.float()), t.aux)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -172,7 +216,8 @@ def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainCon
     model = build_model(model_cfg).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    opt = make_optimizer(model, train_cfg)
+    soft_all, aux_all, aux_head = _reader_targets(data, train_cfg, train_idx, model, device)
+    opt = make_optimizer(nn.ModuleList([model, aux_head]) if aux_head is not None else model, train_cfg)
     sched = make_scheduler(opt, train_cfg)
     augment = make_augmenter(train_cfg, seed)
     gen = torch.Generator().manual_seed(seed)
@@ -186,6 +231,7 @@ def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainCon
     best: dict[str, Any] = {"score": (-math.inf,) * 3, "epoch": 0, "state": None}
     step = 0
     bad_epochs = 0
+    lam_schedule = _lambda_schedule(model, train_cfg, len(train_idx))
     epochs = range(1, train_cfg.epochs + 1)
     bar = None
     if progress:
@@ -205,7 +251,10 @@ def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainCon
             x, y = data.x[bidx], data.y[bidx]
             if augment is not None:
                 x = augment(x)
-            loss, ok = train_step(model, opt, x, y, step, amp)
+            targets = StepTargets(None if soft_all is None else soft_all[bidx], train_cfg.soft_labels,
+                                  None if aux_all is None else aux_all[bidx], train_cfg.aux_weight)
+            lam = lam_schedule(step) if lam_schedule is not None else None
+            loss, ok = train_step(model, opt, x, y, step, amp, lam=lam, targets=targets, aux_head=aux_head)
             step += 1
             loss_sum += loss * len(bidx)
             correct += ok
@@ -216,7 +265,7 @@ def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainCon
         proba = predict_proba(model, x_val, train_cfg.eval_batch_size, amp)
         val_loss = float(F.nll_loss(proba.clamp_min(1e-7).log(), y_val))
         vm = binary_metrics(y_val_np, proba[:, 1].cpu().numpy())
-        lam = model.head.lambda_at(step) if hasattr(model.head, "lambda_at") else None
+        lam = lam_schedule(step) if lam_schedule is not None else None
         rec = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": val_loss, "val_acc": vm["accuracy"], "val_auc": vm["auc"], "lr": lr,
                "lambda": lam, "seconds": time.perf_counter() - te}
@@ -246,10 +295,53 @@ def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainCon
         ti = torch.as_tensor(test_idx, device=device)
         test_proba = predict_proba(model, data.x[ti], train_cfg.eval_batch_size, amp).cpu().numpy()
         test_metrics = binary_metrics(data.y[ti].cpu().numpy(), test_proba[:, 1])
+    extra: dict[str, Any] = {}
+    if lam_schedule is not None:
+        # The lambda the chosen weights were trained with, and the one training ended at.
+        extra["lambda_at_best"] = history[best["epoch"] - 1]["lambda"]
+        extra["lambda_final"] = history[-1]["lambda"]
+        extra["asoftmax_m"] = int(model.head.m)
     return FoldResult(fold=fold, model_cfg=model_cfg, train_cfg=train_cfg, state_dict=best["state"],
                       val_metrics=val_metrics, test_metrics=test_metrics, history=history,
                       val_proba=val_proba, test_proba=test_proba, train_idx=train_idx, val_idx=val_idx,
-                      test_idx=test_idx, best_epoch=best["epoch"], seconds=time.perf_counter() - t0)
+                      test_idx=test_idx, best_epoch=best["epoch"], seconds=time.perf_counter() - t0,
+                      extra=extra)
+
+
+def _lambda_schedule(model: nn.Module, cfg: TrainConfig, n_train: int):
+    """The A-Softmax lambda schedule over this run's planned steps (None for other heads)."""
+    from naslung.models.heads import ASoftmaxHead, LambdaSchedule
+
+    if not isinstance(getattr(model, "head", None), ASoftmaxHead):
+        return None
+    per_epoch = max(1, n_train // cfg.batch_size + (1 if n_train % cfg.batch_size >= 2 else 0))
+    return LambdaSchedule(cfg.lambda_start, cfg.lambda_min, cfg.lambda_floor_at, per_epoch * cfg.epochs)
+
+
+def _reader_targets(data: DeviceData, cfg: TrainConfig, train_idx: np.ndarray, model: nn.Module,
+                    device: torch.device):
+    """(soft labels (N,), standardised aux targets (N, K), aux head) on the device, each None when off."""
+    if cfg.soft_labels <= 0 and cfg.aux_weight <= 0:
+        return None, None, None
+    if data.readers is None:
+        raise ValueError("soft_labels / aux_weight need reader ratings: build DeviceData from a prepared "
+                         "dataset whose manifest has them (naslung prepare --source voi or lidc-shapes)")
+    soft = aux = head = None
+    if cfg.soft_labels > 0:
+        data.readers.require_soft(data.y.cpu().numpy())
+        soft = torch.as_tensor(data.readers.soft, device=device)
+    if cfg.aux_weight > 0:
+        from naslung.train.targets import ReaderTargets
+
+        readers = data.readers
+        if tuple(readers.aux_names) != tuple(cfg.aux_targets):
+            readers = ReaderTargets.from_rows(data.rows, cfg.aux_targets)
+        aux = torch.as_tensor(readers.standardized_aux(train_idx), device=device)
+        if torch.isnan(aux[torch.as_tensor(train_idx, device=device)]).all():
+            raise ValueError(f"aux_weight > 0 but none of the aux targets {cfg.aux_targets} is known "
+                             "for the training crops")
+        head = nn.Linear(model.num_features, aux.shape[1]).to(device)
+    return soft, aux, head
 
 
 def train_fold(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, fold: int, *, eval_test: bool = True,

@@ -14,6 +14,7 @@ box's share of the crop).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from naslung.data.crop import apply_fov, crop_at_world, crop_coverage, mask_centroid_world, parse_fov
+from naslung.data.crop import crop_at_world, crop_coverage, mask_centroid_world, parse_fov
 from naslung.data.dataset import PreparedDataset, Skipped
 from naslung.data.sources.base import SourceOptions
 from naslung.data.volume import VolumeError, read_image_file
@@ -69,7 +70,10 @@ def prepare(options: SourceOptions) -> PreparedDataset:
         if need not in columns:
             raise ValueError(f"{table}: no column {need!r} (columns: {', '.join(columns)})")
     spec = options.spec
-    fov = parse_fov(options.extra["fov_mm"]) if options.extra.get("fov_mm") else None
+    fov = parse_fov(options.extra["fov_mm"]) if options.extra.get("fov_mm") else spec.fov_mm
+    if fov is not None:
+        # Recorded in the dataset's crop spec, so training, bundles and the server apply the same box.
+        spec = dataclasses.replace(spec, fov_mm=fov)
 
     labelled: list[tuple[int, dict[str, str], int]] = []
     skipped: list[Skipped] = []
@@ -140,9 +144,7 @@ def _crop_one(root: Path, r: dict[str, str], spec, fov=None) -> tuple[np.ndarray
         if not all(math.isfinite(v) for v in center):
             raise VolumeError(image_path, "no mask and no valid world_x/y/z to centre the crop on")
         center_from = "world"
-    crop = crop_at_world(image, center, spec, source=str(image_path))
-    if fov is not None:
-        crop = apply_fov(crop, spec, fov)
+    crop = crop_at_world(image, center, spec, source=str(image_path))  # applies spec.fov_mm
     info = {
         "center_x": round(center[0], 3), "center_y": round(center[1], 3), "center_z": round(center[2], 3),
         "center_from": center_from,
