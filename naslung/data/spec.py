@@ -81,7 +81,7 @@ class CropSpec:
         mask = self.fov_mask()
         if mask is not None:
             self._check_shape(tuple(x.shape))
-            keep = torch.from_numpy(mask).to(x.device)
+            keep = torch.as_tensor(np.array(mask), device=x.device)
             x = torch.where(keep, x, torch.full((), self._pad_value(), device=x.device))
         return x
 

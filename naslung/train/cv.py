@@ -49,7 +49,7 @@ def device_description(device: str) -> str:
 
 
 def cross_validate(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, folds: Sequence[int] | None = None,
-                   out: str | Path | None = None, *, progress: bool = True) -> CVResult:
+                   out: str | Path | None = None, *, progress: bool = True, build=None) -> CVResult:
     """Train every outer fold in ``folds`` (default: all) and pool their test predictions.
 
     ``ds`` must carry fold ids (``naslung prepare --folds K`` or ``ds.set_folds``).
@@ -72,7 +72,7 @@ def cross_validate(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, folds: Se
 
     results: list[FoldResult] = []
     for f in fold_ids:
-        res = train_fold(ds, model_cfg, train_cfg, f, progress=progress, data=data)
+        res = train_fold(ds, model_cfg, train_cfg, f, progress=progress, data=data, build=build)
         results.append(res)
         log.info("fold %d: val auc %.3f test acc %.3f auc %.3f", f, res.val_metrics["auc"],
                  res.test_metrics["accuracy"], res.test_metrics["auc"])
@@ -133,7 +133,7 @@ def _write_fold(directory: Path, res: FoldResult, ds) -> None:
     ids = ds.ids
     save_checkpoint(directory, res.model_cfg, res.state_dict,
                     {"val": res.val_metrics, "test": res.test_metrics},
-                    extra={"fold": res.fold, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+                    extra={**res.extra, "fold": res.fold, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
                            "train": res.train_cfg.to_dict(), "dataset_fingerprint": ds.fingerprint(),
                            "crop_spec": ds.spec.to_dict(),
                            "split_ids": {"train": [ids[i] for i in res.train_idx],
@@ -144,3 +144,65 @@ def _write_fold(directory: Path, res: FoldResult, ds) -> None:
             w = csv.DictWriter(fh, fieldnames=list(res.history[0]))
             w.writeheader()
             w.writerows(res.history)
+
+
+def seed_ensemble_cv(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, seeds: Sequence[int] = (0,), *,
+                     out: str | Path | None = None, progress: bool = True, build=None,
+                     tta: bool = False) -> dict[str, Any]:
+    """Cross-validate ``len(seeds)`` networks per outer fold and score their mean probability.
+
+    This is how an ensemble of members with one recipe is judged on the same folds: each seed is a
+    full :func:`cross_validate` (test fold f, validation fold f+1, train the rest), and the members'
+    P(malignant) for a test crop are averaged. With ``tta``, each member's test probability is
+    also computed averaged over the 8 axis flips (reported beside, never used for choices).
+
+    Returns:
+        ``{"single": [per-seed mean/std/pooled], "ensemble": {"per_fold", "mean", "std", "pooled"},
+        "ensemble_tta": same or None, "proba": {crop index: mean P}, "lambda_final": [...]}``
+    """
+    from naslung.data.folds import split_fold
+    from naslung.models import build_model
+    from naslung.train.metrics import binary_metrics, summarize
+    from naslung.train.trainer import predict_proba_tta
+
+    make = build or build_model
+    n = len(ds)
+    k = int(ds.folds.max()) + 1
+    sums = np.zeros(n)
+    sums_tta = np.zeros(n)
+    single, lambdas = [], []
+    for seed in seeds:
+        cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": int(seed)})
+        sub = None if out is None else Path(out) / f"seed_{seed}"
+        cv = cross_validate(ds, model_cfg, cfg, out=sub, progress=progress, build=build)
+        single.append({"seed": int(seed), "mean": cv.metrics["mean"], "std": cv.metrics["std"],
+                       "pooled": cv.metrics["pooled"]})
+        data = None
+        for r in cv.folds:
+            sums[r.test_idx] += r.test_proba[:, 1]
+            lambdas.append(r.extra.get("lambda_final"))
+            if tta:
+                if data is None:
+                    data = DeviceData.from_dataset(ds, cfg.resolved_device())
+                model = make(model_cfg)
+                model.load_state_dict(r.state_dict)
+                model = model.to(data.device).eval()
+                x = data.x[torch.as_tensor(r.test_idx, device=data.device)]
+                sums_tta[r.test_idx] += predict_proba_tta(model, x, cfg.eval_batch_size, cfg.amp)[:, 1].cpu().numpy()
+    y = ds.labels
+
+    def score(p: np.ndarray) -> dict[str, Any]:
+        per_fold = []
+        for f in range(k):
+            t = split_fold(ds.folds, f).test
+            m = binary_metrics(y[t], p[t])
+            m["fold"] = f
+            per_fold.append(m)
+        s = summarize(per_fold)
+        return {"per_fold": per_fold, "mean": s["mean"], "std": s["std"], "pooled": binary_metrics(y, p)}
+
+    mean_p = sums / len(seeds)
+    return {"single": single, "ensemble": score(mean_p),
+            "ensemble_tta": score(sums_tta / len(seeds)) if tta else None,
+            "proba": {int(i): float(v) for i, v in enumerate(mean_p)}, "lambda_final": lambdas,
+            "seeds": [int(s) for s in seeds]}

@@ -176,6 +176,18 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 256, amp:
     return torch.cat(out)
 
 
+@torch.no_grad()
+def predict_proba_tta(model: nn.Module, x: torch.Tensor, batch_size: int = 256, amp: bool = True) -> torch.Tensor:
+    """:func:`predict_proba` averaged over the 8 flips of the three axes (test-time augmentation:
+    the same flips the training augmentation draws, so each view is one the model has seen)."""
+    total = None
+    for mask in range(8):
+        dims = [2 + a for a in range(3) if mask >> a & 1]
+        p = predict_proba(model, x.flip(dims) if dims else x, batch_size, amp)
+        total = p if total is None else total + p
+    return total / 8
+
+
 def _score(metrics: dict[str, Any], loss: float, select: str) -> tuple[float, ...]:
     """Larger is better. AUC ignores the threshold, so it is tie-broken by accuracy, then loss."""
     def v(key: str) -> float:
@@ -190,10 +202,18 @@ def _score(metrics: dict[str, Any], loss: float, select: str) -> tuple[float, ..
 
 
 # ------------------------------------------------------------------ one split
+ModelBuilder = Callable[[ModelConfig], nn.Module]
+
+
 def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainConfig, train_idx, val_idx,
                    test_idx=None, *, fold: int = 0, progress: bool = True,
-                   desc: str | None = None) -> FoldResult:
-    """Train on ``train_idx``, pick the epoch by ``val_idx`` only, then predict ``test_idx`` once."""
+                   desc: str | None = None, build: ModelBuilder | None = None) -> FoldResult:
+    """Train on ``train_idx``, pick the epoch by ``val_idx`` only, then predict ``test_idx`` once.
+
+    ``build`` makes the network from ``model_cfg`` (default :func:`naslung.models.build_model`);
+    peers (``bench/peers.py``) pass their own, with the same ``embed`` / ``head`` /
+    ``predict_proba`` interface, so that they are trained by exactly this protocol.
+    """
     from naslung.train.metrics import binary_metrics
 
     t0 = time.perf_counter()
@@ -213,7 +233,7 @@ def train_on_split(data: DeviceData, model_cfg: ModelConfig, train_cfg: TrainCon
 
     seed = train_cfg.seed * 1000 + fold
     seed_everything(seed)
-    model = build_model(model_cfg).to(device)
+    model = (build or build_model)(model_cfg).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     soft_all, aux_all, aux_head = _reader_targets(data, train_cfg, train_idx, model, device)
@@ -345,7 +365,8 @@ def _reader_targets(data: DeviceData, cfg: TrainConfig, train_idx: np.ndarray, m
 
 
 def train_fold(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, fold: int, *, eval_test: bool = True,
-               progress: bool = True, data: DeviceData | None = None) -> FoldResult:
+               progress: bool = True, data: DeviceData | None = None,
+               build: ModelBuilder | None = None) -> FoldResult:
     """Train outer fold ``fold`` of a prepared dataset with assigned folds.
 
     Train = all folds but ``fold`` and the next one; validation (early stopping, checkpoint
@@ -358,4 +379,4 @@ def train_fold(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, fold: int, *,
     if data is None:
         data = DeviceData.from_dataset(ds, train_cfg.resolved_device())
     return train_on_split(data, model_cfg, train_cfg, split.train, split.val,
-                          split.test if eval_test else None, fold=fold, progress=progress)
+                          split.test if eval_test else None, fold=fold, progress=progress, build=build)
