@@ -73,7 +73,7 @@ def recipe_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 def load_dataset(args):
     """The prepared dataset with folds and the requested field of view in its crop spec."""
-    from naslung.data.crop import parse_fov
+    from naslung.data.spec import parse_fov
     from naslung.data.dataset import PreparedDataset
     from naslung.data.folds import assign_folds
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from naslung.data.spec import CropSpec
+from naslung.data.spec import CropSpec, parse_fov  # noqa: F401  (parse_fov: re-exported)
 from naslung.data.volume import EmptyMaskError, OutsideVolumeError, VolumeError, read_volume
 
 _INT16 = np.iinfo(np.int16)
@@ -126,25 +126,6 @@ def crop_coverage(image: sitk.Image, center_xyz: Sequence[float], spec: CropSpec
     if fov_xyz_mm is not None:
         inside &= fov_box(spec, fov_xyz_mm).ravel()
     return float(inside.mean())
-
-
-def parse_fov(value: str | float | Sequence[float]) -> tuple[float, float, float]:
-    """A field of view in mm as (x, y, z): one number (a cube) or three ("20,20,6")."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
-        try:
-            nums = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"field of view {value!r}: give one number or three (X,Y,Z mm)") from None
-    elif isinstance(value, (int, float)):
-        nums = [float(value)]
-    else:
-        nums = [float(v) for v in value]
-    if len(nums) == 1:
-        nums = nums * 3
-    if len(nums) != 3 or not all(np.isfinite(nums)) or min(nums) <= 0:
-        raise ValueError(f"field of view {value!r}: give one positive number or three (X,Y,Z mm)")
-    return (nums[0], nums[1], nums[2])
 
 
 def fov_box(spec: CropSpec, fov_xyz_mm: Sequence[float]) -> np.ndarray:

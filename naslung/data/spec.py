@@ -108,6 +108,25 @@ class CropSpec:
         return strict_from_dict(cls, d, "crop-spec")
 
 
+def parse_fov(value: str | float | Sequence[float]) -> tuple[float, float, float]:
+    """A field of view in mm as (x, y, z): one number (a cube) or three ("20,20,6")."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"field of view {value!r}: give one number or three (X,Y,Z mm)") from None
+    elif isinstance(value, (int, float)):
+        nums = [float(value)]
+    else:
+        nums = [float(v) for v in value]
+    if len(nums) == 1:
+        nums = nums * 3
+    if len(nums) != 3 or not all(np.isfinite(nums)) or min(nums) <= 0:
+        raise ValueError(f"field of view {value!r}: give one positive number or three (X,Y,Z mm)")
+    return (nums[0], nums[1], nums[2])
+
+
 @lru_cache(maxsize=16)
 def _fov_box(size: int, spacing_mm: float, fov_xyz_mm: tuple[float, float, float]) -> np.ndarray:
     """Bool (S, S, S), axis order (z, y, x): voxels whose centre lies within the centred box."""
