@@ -82,11 +82,7 @@ def load_dataset(args):
         ds.set_folds(assign_folds(ds.labels, ds.patient_ids, k=args.folds, seed=0))
         print(f"assigned {args.folds} patient-grouped folds")
     if args.fov_mm and args.fov_mm != "none":
-        fov = parse_fov(args.fov_mm)
-        if ds.spec.fov_mm is not None and tuple(ds.spec.fov_mm) != fov:
-            raise SystemExit(f"{args.data} was prepared with a {ds.spec.fov_mm} mm field of view; "
-                             f"cannot widen it to {fov}")
-        ds.spec = dataclasses.replace(ds.spec, fov_mm=fov)
+        ds = ds.with_field_of_view(parse_fov(args.fov_mm))
     return ds
 
 

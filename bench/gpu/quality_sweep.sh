@@ -31,6 +31,21 @@ if [ "$JOBSET" = sweep ]; then
   run peer-r18   $PEER --fov-mm $FOV --peer resnet18 --rot90
   run peer-d121  $PEER --fov-mm $FOV --peer densenet121 --rot90
   run peer-r18-prepared $PEER --peer resnet18 --rot90
+elif [ "$JOBSET" = round2 ]; then
+  SOFT="--rot90 --soft-labels 0.5"; M1=examples/recipes
+  run soft-m1        $CV --fov-mm $FOV --model $M1/small-m1.json $SOFT
+  run softaux-m1     $CV --fov-mm $FOV --model $M1/small-m1.json $SOFT --aux-weight 0.3
+  run medium-soft-m1 $CV --fov-mm $FOV --model $M1/medium-m1.json $SOFT
+  run medium-softaux-m1 $CV --fov-mm $FOV --model $M1/medium-m1.json $SOFT --aux-weight 0.3
+  run soft-smx       $CV --fov-mm $FOV --model small --head softmax $SOFT
+  run prepared-soft-m1 $CV --model $M1/small-m1.json $SOFT --border-jitter 6
+  run peer-r18-prepared $PEER --peer resnet18 --rot90
+  run peer-d121      $PEER --fov-mm $FOV --peer densenet121 --rot90
+  for m in small medium; do  # shipped-bundle candidates: 3 members, every fold but the validation fold
+    ( timeout "$DEADLINE" python3 -m naslung ensemble --configs $M1/$m-m1.json $M1/$m-m1.json $M1/$m-m1.json \
+        --data $DATA --fov-mm $FOV --all-data --train-config $M1/lidc-voi-soft-m1.json --device cuda \
+        --no-progress --out "$OUTDIR/bundle-$m" > "$OUTDIR/bundle-$m.log" 2>&1; echo "$(date +%T) bundle-$m rc=$?" ) &
+  done
 fi
 wait
 python3 - "$OUTDIR" <<'PY'

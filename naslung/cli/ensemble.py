@@ -35,7 +35,16 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--diversity", type=float, default=0.5, help="--select diverse: weight of disagreement")
     p.add_argument("--rule", choices=("mean", "vote", "weighted"), default="mean",
                    help="mean probability, majority vote (the paper's), or validation-fitted weights")
-    p.add_argument("--fold", type=int, default=0, help="outer fold: its test fold is held out")
+    p.add_argument("--fold", type=int, default=0, help="outer fold: its test fold is held out (default 0)")
+    p.add_argument("--all-data", action="store_true",
+                   help="no held-out test fold: members train on every fold but the validation fold "
+                        "(--fold + 1); for a shipped model whose test figures come from CV")
+    p.add_argument("--train-config", default=None, metavar="JSON",
+                   help="training recipe (TrainConfig JSON, e.g. models/lidc-voi-ensemble/recipe.json); "
+                        "replaces --epochs/--batch-size/--lr/--patience, keeps --seed and --device")
+    p.add_argument("--fov-mm", default=None, metavar="X,Y,Z",
+                   help="field-of-view box for the crop spec (only if the data has none or the same); "
+                        "recorded in the bundle so the server applies it")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -111,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     from naslung.train import TrainConfig
 
     ds = PreparedDataset.load(args.data)
+    if args.fov_mm:
+        from naslung.data.spec import parse_fov
+
+        ds = ds.with_field_of_view(parse_fov(args.fov_mm))
     if ds.summary()["folds"] < 3:
         raise ValueError(f"{args.data}: needs at least 3 assigned folds (naslung prepare --folds K)")
     cands, diverse, selection = _candidates(args, ds)
@@ -120,9 +133,18 @@ def run(args: argparse.Namespace) -> int:
         k = len(cands)
     if args.rule == "vote" and k % 2 == 0:
         raise ValueError(f"majority vote with an even number of members ({k}) can tie; choose an odd K")
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                       seed=args.seed, device=args.device)
-    print(f"data {args.data}: {len(ds)} crops, fold {args.fold} held out; members: {selection}; training "
+    if args.train_config:
+        import dataclasses
+        import json
+        from pathlib import Path
+
+        tcfg = dataclasses.replace(TrainConfig.from_dict(json.loads(Path(args.train_config).read_text())),
+                                   seed=args.seed, device=args.device)
+    else:
+        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                           seed=args.seed, device=args.device)
+    held = "no test fold (--all-data)" if args.all_data else f"fold {args.fold} held out"
+    print(f"data {args.data}: {len(ds)} crops, {held}; crops {ds.spec.describe()}; members: {selection}; training "
           f"{len(cands)} candidate(s) on {tcfg.resolved_device()}, rule {args.rule}")
 
     def on_member(i, n, r):
@@ -132,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rep = build_bundle(ds, cands, tcfg, args.out, k=k, rule=args.rule, fold=args.fold, diverse=diverse,
                        diversity=args.diversity, version=args.version, overwrite=args.force,
-                       progress=not args.no_progress, on_member=on_member, selection=selection)
+                       progress=not args.no_progress, on_member=on_member, selection=selection,
+                       all_data=args.all_data)
     keys = ("accuracy", "sensitivity", "specificity", "f1", "auc")
     head = f"{'member':<24} {'weight':>6} " + " ".join(f"{'val ' + k[:4]:>9}" for k in ("accuracy", "auc")) \
         + " " + " ".join(f"{'test ' + k[:4]:>9}" for k in keys)

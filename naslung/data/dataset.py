@@ -88,6 +88,25 @@ class PreparedDataset:
         for r, f in zip(self.rows, folds):
             r["fold"] = int(f)
 
+    def with_field_of_view(self, fov_xyz_mm: Sequence[float] | None) -> "PreparedDataset":
+        """The same crops seen through a field-of-view box: the crop spec records the box, and
+        normalising applies it (so a model trained on the result, and its bundle, use the box).
+
+        Raises:
+            DatasetError: when the crops already have a different box (a box cannot be widened:
+                the voxels outside it are gone).
+        """
+        import dataclasses
+
+        if fov_xyz_mm is None:
+            return self
+        fov = tuple(float(v) for v in fov_xyz_mm)
+        if self.spec.fov_mm is not None and tuple(self.spec.fov_mm) != fov:
+            raise DatasetError(f"the crops were prepared with a {self.spec.fov_mm} mm field of view; "
+                               f"cannot use {fov} (prepare again with --fov-mm)")
+        return PreparedDataset(self.crops, self.rows, dataclasses.replace(self.spec, fov_mm=fov), self.source,
+                               self.skipped, self.meta)
+
     def subset(self, index: Iterable[int]) -> "PreparedDataset":
         idx = np.asarray(list(index), dtype=np.int64)
         return PreparedDataset(self.crops[idx], [dict(self.rows[i]) for i in idx], self.spec,

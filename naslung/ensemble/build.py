@@ -38,7 +38,7 @@ class BuildReport:
 def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path, *, k: int | None = None,
                  rule: str = "mean", fold: int = 0, diverse: bool = False, diversity: float = 0.5,
                  version: str | None = None, overwrite: bool = False, progress: bool = True,
-                 selection: str | None = None,
+                 selection: str | None = None, all_data: bool = False,
                  on_member: Callable[[int, int, dict], None] | None = None) -> BuildReport:
     """Train ``candidates`` on fold ``fold`` and write a bundle of ``k`` of them (default: all).
 
@@ -46,9 +46,14 @@ def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path
     validation predictions (:func:`~naslung.ensemble.selection.select_diverse`); otherwise the
     candidates are the members, in order. Member ``i`` trains with seed ``train_cfg.seed + i``.
     ``selection`` is recorded in the manifest (how the candidates were chosen).
+
+    With ``all_data`` there is no test fold: the members train on every fold but the validation
+    fold (``fold + 1``, still used only for early stopping, weights and selection). That is the
+    shipped model's recipe, whose test figures come from cross-validation instead.
     """
     from naslung.data.folds import split_fold
-    from naslung.train import DeviceData, train_fold
+    from naslung.train import DeviceData
+    from naslung.train.trainer import train_on_split
     from naslung.train.metrics import binary_metrics, json_safe
 
     if not candidates:
@@ -57,6 +62,9 @@ def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path
     if k < 1 or (not diverse and k > len(candidates)):
         raise ValueError(f"cannot choose {k} members from {len(candidates)} candidates")
     split = split_fold(ds.folds, fold)
+    if all_data:
+        split = dataclasses.replace(split, train=np.sort(np.concatenate([split.train, split.test])),
+                                    test=split.test[:0])
     data = DeviceData.from_dataset(ds, train_cfg.resolved_device())
     y = ds.labels
     results = []
@@ -66,7 +74,7 @@ def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path
             cfg = dataclasses.replace(cfg, in_size=ds.spec.size)
         tcfg = dataclasses.replace(train_cfg, seed=train_cfg.seed + i)
         log.info("training member %d/%d %s (%s) on fold %d", i + 1, len(candidates), cand.name, cfg.key, fold)
-        res = train_fold(ds, cfg, tcfg, fold, eval_test=True, progress=progress, data=data)
+        res = train_on_split(data, cfg, tcfg, split.train, split.val, split.test, fold=fold, progress=progress)
         results.append((cand, cfg, res))
         if on_member:
             on_member(i, len(candidates), {"name": cand.name, "arch": cfg.key, "val": res.val_metrics,
@@ -97,11 +105,13 @@ def build_bundle(ds, candidates: Sequence[Candidate], train_cfg, out: str | Path
         names_seen.add(name)
         metrics = json_safe({"val": res.val_metrics, "test": res.test_metrics, "best_epoch": res.best_epoch,
                              "search": cand.metrics})
-        info = json_safe({**cand.info, "seed": res.train_cfg.seed, "train_seconds": round(res.seconds, 2)})
+        info = json_safe({**cand.info, **res.extra, "seed": res.train_cfg.seed,
+                          "train_seconds": round(res.seconds, 2)})
         members.append(BundleMember(name, cfg, res.state_dict, metrics=metrics, info=info))
         rows.append({"name": name, "arch": cfg.key, "val": res.val_metrics, "test": res.test_metrics})
     training = json_safe({
-        "fold": fold, "val_fold": int(ds.folds[split.val[0]]) if len(split.val) else None, "test_fold": fold,
+        "fold": fold, "val_fold": int(ds.folds[split.val[0]]) if len(split.val) else None,
+        "test_fold": None if all_data else fold, "all_data": all_data,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
         "train_config": train_cfg.to_dict(),
         "selection": selection or ("diverse (retrained pool)" if diverse else "given"),
