@@ -149,6 +149,16 @@ def report(ds, args, name: str, n_params: int, model: dict, tcfg, res: dict | No
                     "seeds averaged per crop; logistic regressions fitted on train+validation",
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if res is not None:  # per-crop test probabilities, to pool seeds or runs afterwards
+        import csv
+
+        with open(Path(args.out) / "predictions.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "patient_id", "fold", "label", "p_malignant", "p_malignant_tta"])
+            tta = res.get("proba_tta") or {}
+            for i, (cid, pid, f, y) in enumerate(zip(ds.ids, ds.patient_ids, ds.folds, ds.labels)):
+                w.writerow([cid, pid, int(f), int(y), f"{res['proba'][i]:.6f}",
+                            f"{tta[i]:.6f}" if i in tta else ""])
     path = Path(args.out) / "real_data_cv.json"
     path.write_text(json.dumps(json_safe(out), indent=2) + "\n")
     print(f"wrote {path}")

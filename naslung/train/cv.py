@@ -204,5 +204,7 @@ def seed_ensemble_cv(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, seeds: 
     mean_p = sums / len(seeds)
     return {"single": single, "ensemble": score(mean_p),
             "ensemble_tta": score(sums_tta / len(seeds)) if tta else None,
-            "proba": {int(i): float(v) for i, v in enumerate(mean_p)}, "lambda_final": lambdas,
+            "proba": {int(i): float(v) for i, v in enumerate(mean_p)},
+            "proba_tta": {int(i): float(v) for i, v in enumerate(sums_tta / len(seeds))} if tta else None,
+            "lambda_final": lambdas,
             "seeds": [int(s) for s in seeds]}
