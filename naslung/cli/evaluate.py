@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
+  naslung evaluate --data runs/other-patients          # the shipped bundle on other patients
   naslung evaluate --bundle runs/bundle --data runs/data
   naslung evaluate --bundle runs/bundle --data runs/data --fold 2 --json
   naslung evaluate --bundle runs/bundle --data runs/external --all --fast --device cuda
@@ -18,7 +19,8 @@ EPILOG = """examples:
 def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="metrics of an ensemble bundle on a prepared dataset",
                               description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
-    p.add_argument("--bundle", required=True, help="bundle directory (naslung ensemble --out)")
+    p.add_argument("--bundle", default=None,
+                   help="bundle directory (naslung ensemble --out; default: the shipped models/lidc-voi-ensemble)")
     p.add_argument("--data", required=True, help="prepared dataset directory (naslung prepare --out)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fold", type=int, default=None, help="evaluate on this fold only")
@@ -37,8 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from naslung.ensemble import load_bundle
     from naslung.ensemble.evaluate import METRICS, choose_indices, evaluate_bundle
 
+    from naslung.ensemble.bundle import default_bundle
+    from naslung.ensemble.evaluate import match_crop_spec
+
+    args.bundle = args.bundle or str(default_bundle())
     ens = load_bundle(args.bundle, device=args.device)
-    ds = PreparedDataset.load(args.data, mmap=True)
+    ds, note = match_crop_spec(PreparedDataset.load(args.data, mmap=True), ens.spec)
+    if note and not args.json:
+        print(f"note: {note}")
     idx, subset = choose_indices(ds, ens.manifest, args.fold, args.all)
     predictor = ens.fast(args.device) if args.fast else ens
     ev = evaluate_bundle(predictor, ds, idx, batch_size=args.batch_size, device=args.device, subset=subset)

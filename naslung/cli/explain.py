@@ -20,8 +20,9 @@ METHOD_HELP = "comma-separated: cbam (native CBAM attention, every stage), gradc
 def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p = subparsers.add_parser("explain", help="explain a prediction (PNG, HTML viewer, NIfTI)",
                               description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", help="ensemble bundle directory (from `naslung ensemble`)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="ensemble bundle directory (from `naslung ensemble`; default: the "
+                                      "shipped models/lidc-voi-ensemble)")
     src.add_argument("--model-dir", help="a single training checkpoint directory (checkpoint.json + weights)")
     p.add_argument("--input", required=True,
                    help="CT volume (NIfTI, .mhd, .nrrd, DICOM directory) or a .npy (S,S,S) HU crop")
@@ -120,6 +121,10 @@ def _load_predictor(args: argparse.Namespace):
 
     from naslung.data.spec import CropSpec
 
+    if not args.bundle and not args.model_dir:
+        from naslung.ensemble.bundle import default_bundle
+
+        args.bundle = str(default_bundle())
     if args.bundle:
         from naslung.ensemble import load_bundle
 

@@ -24,8 +24,9 @@ then:  naslung predict --server 127.0.0.1:50051 --input scan.nii.gz --world -60.
 def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="serve a bundle over gRPC with batching, health and metrics",
                               description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", help="bundle directory (from naslung ensemble)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="bundle directory (from naslung ensemble; default: the shipped "
+                                      "models/lidc-voi-ensemble)")
     src.add_argument("--random-models", metavar="NAMES",
                      help="comma-separated registry models with untrained weights (load tests only)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1 = this machine only)")
@@ -88,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from service.procs import serve_processes
     from service.server import ServerConfig
 
+    if not args.bundle and not args.random_models:
+        from naslung.ensemble.bundle import default_bundle
+
+        args.bundle = str(default_bundle())
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -261,3 +261,23 @@ def load_bundle(bundle_dir: str | Path, device: str = "cpu", *, verify: bool = T
         configs.append(cfg)
     return Ensemble(models, names=names, configs=configs, spec=spec, rule=manifest["rule"]["name"],
                     weights=manifest["rule"].get("weights"), manifest=manifest, root=root)
+
+
+SHIPPED_BUNDLE = "lidc-voi-ensemble"
+
+
+def default_bundle() -> Path:
+    """The bundle used when a command is given no ``--bundle``: ``$NASLUNG_BUNDLE`` if set, else the
+    shipped ``models/lidc-voi-ensemble`` of this checkout (see its REPORT.md).
+
+    Raises:
+        FileNotFoundError: when neither exists (an install without the repository's models/).
+    """
+    import os
+
+    env = os.environ.get("NASLUNG_BUNDLE")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "models" / SHIPPED_BUNDLE
+    if not (path / "manifest.json").is_file():
+        where = "$NASLUNG_BUNDLE" if env else "the shipped models/ directory"
+        raise FileNotFoundError(f"no --bundle given and no bundle at {path} ({where}); pass --bundle DIR")
+    return path

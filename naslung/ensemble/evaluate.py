@@ -32,6 +32,13 @@ def choose_indices(ds, manifest: dict[str, Any], fold: int | None = None, all_cr
     n = len(ds)
     same = manifest.get("training_data", {}).get("fingerprint") == ds.fingerprint()
     trained_fold = manifest.get("training", {}).get("test_fold")
+    if same and manifest.get("training", {}).get("all_data") and fold is None and not all_crops:
+        val = manifest["training"].get("val_fold")
+        raise ValueError("this bundle was trained on every fold of this dataset except validation fold "
+                         f"{val}: it has no held-out test fold here (its test figures come from "
+                         f"cross-validation, see its REPORT.md). Use --fold {val} for its validation fold "
+                         "(used for early stopping, so optimistic), --all for training-set figures, or "
+                         "evaluate on other patients")
     if all_crops:
         if same:
             log.warning("evaluating on all crops of the training dataset: includes the bundle's training data")
@@ -51,6 +58,27 @@ def choose_indices(ds, manifest: dict[str, Any], fold: int | None = None, all_cr
     return np.arange(n), "all crops (external dataset)"
 
 
+def match_crop_spec(ds, spec) -> tuple[Any, str | None]:
+    """``ds`` seen through the bundle's crop spec, and a note when that changed anything.
+
+    A dataset prepared without a field-of-view box gets the bundle's box (the bundle applies it
+    to every input anyway); any other difference is refused, since the model would see input
+    prepared differently from its training.
+
+    Raises:
+        ValueError: when the crops differ from the bundle's spec in a way a box cannot fix.
+    """
+    import dataclasses
+
+    if ds.spec == spec:
+        return ds, None
+    if ds.spec.fov_mm is None and spec.fov_mm is not None and dataclasses.replace(ds.spec, fov_mm=spec.fov_mm) == spec:
+        return ds.with_field_of_view(spec.fov_mm), (
+            f"applied the bundle's field of view ({spec.describe()}) to crops prepared without one")
+    raise ValueError(f"dataset crops ({ds.spec.describe()}) differ from the bundle's ({spec.describe()}); "
+                     "prepare the data with the bundle's crop spec (naslung prepare --crop-size/--spacing/--fov-mm)")
+
+
 def evaluate_bundle(ensemble, ds, indices: np.ndarray, *, batch_size: int = 64, device: str = "cpu",
                     subset: str = "") -> Evaluation:
     """Run ``ensemble`` (naive or fast; anything with ``member_proba``) on ``ds`` crops ``indices``."""
@@ -59,9 +87,7 @@ def evaluate_bundle(ensemble, ds, indices: np.ndarray, *, batch_size: int = 64, 
     from naslung.ensemble.rules import combine
     from naslung.train.metrics import binary_metrics
 
-    if ds.spec != ensemble.spec:
-        raise ValueError(f"dataset crop spec {ds.spec} differs from the bundle's {ensemble.spec}; "
-                         f"prepare the data with the bundle's crop spec")
+    ds, _ = match_crop_spec(ds, ensemble.spec)
     if len(indices) == 0:
         raise ValueError(f"no crops to evaluate ({subset or 'empty selection'})")
     parts = []
