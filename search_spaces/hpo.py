@@ -1,6 +1,7 @@
 """Hyper-parameter search for a FIXED architecture with NNI's ``Experiment`` API (TPE / Evolution / Random).
 
-Searched: learning rate, batch size, head margin and epochs. Each trial is the same entry point as
+Searched: learning rate, batch size, head margin and epochs, A-Softmax's lambda start and floor,
+and the weights of the readers' soft labels and auxiliary ratings. Each trial is the same entry point as
 the nnictl route (``python -m search_spaces.trial``), reading a config written into the run dir;
 results land in RUN/trials/ and the same report (trials.csv, pareto.csv, top/) is written.
 """
@@ -25,8 +26,14 @@ def hpo_search_space(head: str = "asoftmax") -> dict[str, Any]:
         "batch_size": {"_type": "choice", "_value": [16, 32, 64]},
         "epochs": {"_type": "choice", "_value": [10, 20, 40]},
     }
+    # Learning from every reader (naslung.train.targets); 0 = off.
+    space["soft_labels"] = {"_type": "choice", "_value": [0.0, 0.5]}
+    space["aux_weight"] = {"_type": "choice", "_value": [0.0, 0.3]}
     if head == "asoftmax":
         space["margin"] = {"_type": "choice", "_value": [1, 2, 3, 4]}        # SphereFace m (integer)
+        # lambda by fraction of training (naslung.models.heads.LambdaSchedule)
+        space["lambda_start"] = {"_type": "choice", "_value": [100.0, 1500.0]}
+        space["lambda_min"] = {"_type": "choice", "_value": [1.0, 5.0, 20.0]}
     elif head == "amsoftmax":
         space["margin"] = {"_type": "uniform", "_value": [0.1, 0.5]}          # additive cosine margin
     return space

@@ -213,7 +213,9 @@ def _params_to_trial(params: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple
     else:  # HPO over a fixed architecture (search_spaces.hpo)
         model_cfg = _fixed_model(cfg)
         train = dict(trial.get("train", {}))
-        for k, cast in (("lr", float), ("weight_decay", float), ("batch_size", int), ("epochs", int)):
+        for k, cast in (("lr", float), ("weight_decay", float), ("batch_size", int), ("epochs", int),
+                        ("lambda_start", float), ("lambda_min", float), ("lambda_floor_at", float),
+                        ("soft_labels", float), ("aux_weight", float)):
             if k in params:
                 train[k] = cast(params[k])
         trial["train"] = train

@@ -15,6 +15,7 @@ Missing values are NaN and simply do not count in the loss.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -89,7 +90,8 @@ class ReaderTargets:
         if self.aux.shape[1] == 0:
             return self.aux
         fit = self.aux[fit_idx]
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # an all-missing column is expected (e.g. no lobulation ratings)
+            warnings.simplefilter("ignore", RuntimeWarning)
             mu = np.nanmean(fit, axis=0)
             sd = np.nanstd(fit, axis=0)
         mu = np.where(np.isfinite(mu), mu, 0.0)

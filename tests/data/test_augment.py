@@ -132,3 +132,24 @@ def test_cuda_matches_cpu_for_the_same_seed():
     gpu = augment_batch(x.cuda(), AugmentConfig(), torch.Generator().manual_seed(5))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_rot90_turns_in_plane_only_and_is_seeded():
+    import torch
+
+    from naslung.data.augment import AugmentConfig, augment_batch
+
+    x = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4, 4)
+    cfg = AugmentConfig(pad=0, flip_p=0.0, zero_out=0, rot90_p=1.0)
+    seen = set()
+    for seed in range(12):
+        out = augment_batch(x, cfg, torch.Generator().manual_seed(seed))
+        for i in range(2):
+            k = [k for k in range(4) if torch.equal(out[i], torch.rot90(x[i], k, dims=(2, 3)))]
+            assert len(k) == 1  # exactly one in-plane quarter turn; z untouched
+            seen.add(k[0])
+    assert seen == {0, 1, 2, 3}
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a, augment_batch(x, cfg, torch.Generator().manual_seed(3)))
+    off = augment_batch(x, AugmentConfig(pad=0, flip_p=0.0, zero_out=0), torch.Generator().manual_seed(3))
+    assert torch.equal(off, x)

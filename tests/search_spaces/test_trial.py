@@ -68,11 +68,15 @@ def test_hpo_experiment_is_configured_for_our_trial(tmp_path, tiny_dataset_dir):
     c = exp.config
     assert "-m search_spaces.trial --config" in c.trial_command
     assert c.tuner.name == "TPE" and c.max_trial_number == 3 and c.trial_concurrency == 2
-    assert set(c.search_space) == {"lr", "batch_size", "epochs", "margin"}
-    assert hpo_search_space("softmax").keys() == {"lr", "batch_size", "epochs"}
+    assert set(c.search_space) == {"lr", "batch_size", "epochs", "margin", "lambda_start", "lambda_min",
+                                   "soft_labels", "aux_weight"}
+    assert hpo_search_space("softmax").keys() == {"lr", "batch_size", "epochs", "soft_labels", "aux_weight"}
     written = yaml.safe_load((tmp_path / "hpo" / "hpo_config.yml").read_text())
-    model, spec = _params_to_trial({"lr": 0.002, "batch_size": 16, "epochs": 3, "margin": 2}, written)
+    model, spec = _params_to_trial({"lr": 0.002, "batch_size": 16, "epochs": 3, "margin": 2, "lambda_start": 100.0,
+                                    "lambda_min": 1.0, "soft_labels": 0.5, "aux_weight": 0.3}, written)
     assert model == get_config("tiny") and spec.model_overrides == {"margin": 2}
+    assert (spec.train["lambda_start"], spec.train["lambda_min"]) == (100.0, 1.0)
+    assert (spec.train["soft_labels"], spec.train["aux_weight"]) == (0.5, 0.3)
     assert spec.data == str(tiny_dataset_dir.resolve()) and spec.threads == 1
     with pytest.raises(ValueError, match="tuner"):
         build_hpo_experiment(get_config("tiny"), {}, tiny_dataset_dir, tmp_path / "x", tuner="SMAC")
