@@ -204,17 +204,28 @@ def _internal(what: str, error: BaseException, request_id: str = "", peer: str =
     return _Fail(grpc.StatusCode.INTERNAL, f"internal error (error id {eid}); the server log has the details")
 
 
-def _delivered(code: str, context, deadline: float | None) -> str:
-    """What the client actually received: a call no longer active when its handler finished ended
-    with the client's deadline (DEADLINE_EXCEEDED) or a cancellation, whatever the handler made."""
+# The client's deadline runs out slightly before the server's copy of it (the server starts its
+# clock when the headers arrive), so the client's cancellation at its deadline reaches the server
+# just before the server's own deadline. A call that ended this close to its deadline ended by it.
+DEADLINE_SLACK_S = 0.1
+
+
+def _ended_by_deadline(deadline: float | None, at: float | None = None) -> bool:
+    at = time.monotonic() if at is None else at
+    return deadline is not None and at >= deadline - DEADLINE_SLACK_S
+
+
+def _delivered(code: str, context, deadline: float | None, ended_at: list[float]) -> str:
+    """What the client actually received: a call that was no longer active when its handler
+    finished ended with the client's deadline (DEADLINE_EXCEEDED) or a cancellation, whatever the
+    handler produced. ``ended_at`` holds the time the call terminated (a context callback)."""
     try:
         active = context.is_active()
     except Exception:
         active = True
-    if active:
+    if active and not ended_at:
         return code
-    r = context.time_remaining()
-    if (r is not None and r <= 0) or (deadline is not None and time.monotonic() >= deadline):
+    if _ended_by_deadline(deadline, ended_at[0] if ended_at else None):
         return "DEADLINE_EXCEEDED"
     return "CANCELLED"
 
@@ -293,13 +304,18 @@ class NoduleServicer:
         except Exception as e:  # a library failure on input that passed validation: not the client's text
             raise _internal("building the crop", e, getattr(req, "request_id", "")) from None
 
+    @staticmethod
+    def _expired(context, deadline: float | None) -> bool:
+        r = context.time_remaining()
+        return (deadline is not None and time.monotonic() >= deadline) or (r is not None and r <= 0)
+
     def _alive(self, context, deadline: float | None, stage: str) -> None:
-        """Raise _Fail when the caller is gone or its deadline has passed (counted under ``stage``)."""
-        if not context.is_active():
-            raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled")
-        if deadline is not None and time.monotonic() >= deadline:
+        """Raise _Fail when the caller's deadline has passed (counted under ``stage``) or it is gone."""
+        if self._expired(context, deadline) or (not context.is_active() and _ended_by_deadline(deadline)):
             self.metrics.expired(stage)
             raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed ({stage.replace('_', ' ')})")
+        if not context.is_active():
+            raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled")
 
     def _submit(self, crop: np.ndarray, deadline: float | None):
         try:
@@ -319,7 +335,10 @@ class NoduleServicer:
             elif not (fut.done() and isinstance(fut.exception(), DeadlineExpired)):
                 self.metrics.wasted_crops.inc()  # the model ran (or runs) it for nobody
             raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a batch") from None
-        except futures.CancelledError:
+        except futures.CancelledError:  # the call ended (context callback) while its crop was queued
+            if _ended_by_deadline(deadline):
+                self.metrics.expired("queued")
+                raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a batch") from None
             raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled") from None
         except DeadlineExpired as e:  # counted by the batcher
             raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
@@ -476,13 +495,13 @@ class NoduleServicer:
 
     def _acquire_explain_slot(self, context, deadline: float, cancelled: threading.Event) -> None:
         while not self._explain_slots.acquire(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
-            if cancelled.is_set() or not context.is_active():
-                raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled")
-            if time.monotonic() >= deadline:
+            if self._expired(context, deadline) or (not context.is_active() and _ended_by_deadline(deadline)):
                 self.metrics.expired("explain_wait")
                 raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED,
                             "deadline passed while waiting for an explanation slot (explanations run "
                             f"{self.config.explain_concurrency} at a time)")
+            if cancelled.is_set() or not context.is_active():
+                raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled")
 
     def Explain(self, request, context):
         explain_crop = _explain_fn()
@@ -501,7 +520,7 @@ class NoduleServicer:
             try:
                 maps = self._explainer().explain(crop, spec, methods, deadline=deadline, cancelled=cancelled.is_set)
             except ExplainStopped as e:
-                if e.reason == "deadline":
+                if e.reason == "deadline" or _ended_by_deadline(deadline):
                     self.metrics.expired("explain_run")
                     raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed during the explanation; "
                                                                    "it was stopped") from None
@@ -576,6 +595,8 @@ def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
             rem = _remaining(context)
             deadline = None if rem is None else t0 + rem
             request, ticket = _unwrap(request)
+            ended: list[float] = []
+            context.add_callback(lambda: ended.append(time.monotonic()))
             metrics.inflight.inc()
             code = "OK"
             try:
@@ -598,7 +619,7 @@ def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
                 if ticket is not None:
                     ticket.release()
                 metrics.inflight.dec()
-                metrics.record(name, _delivered(code, context, deadline), time.monotonic() - t0)
+                metrics.record(name, _delivered(code, context, deadline, ended), time.monotonic() - t0)
         return handler
 
     def streaming(name: str, fn: Callable):
@@ -607,6 +628,8 @@ def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
             t0 = time.monotonic()
             rem = _remaining(context)
             deadline = None if rem is None else t0 + rem
+            ended: list[float] = []
+            context.add_callback(lambda: ended.append(time.monotonic()))
             metrics.inflight.inc()
             code = "OK"
             try:
@@ -625,7 +648,7 @@ def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
                 context.abort(f.code, f.message)
             finally:
                 metrics.inflight.dec()
-                metrics.record(name, _delivered(code, context, deadline), time.monotonic() - t0)
+                metrics.record(name, _delivered(code, context, deadline, ended), time.monotonic() - t0)
         return handler
 
     for name in ("Predict", "Explain", "GetModelInfo"):
