@@ -66,8 +66,9 @@ class ServerConfig:
     explain_queue: int = 4             # Explain RPCs admitted at once (computing + waiting for a slot)
     other_slots: int = 8               # GetModelInfo, reflection, health Watch
     max_call_s: float = 120.0          # bound on any call (or stream item) that carries no deadline
-    max_inflight_mb: float = 1024.0    # request memory budget (see service.admission.ByteBudget)
+    max_inflight_mb: float = 768.0     # request memory budget (see service.admission.ByteBudget)
     request_memory_factor: float = 5.0  # bytes a request pins per byte on the wire (decode + resample)
+    receive_slots: int = 2             # unary requests being read off the wire at once (each up to max message)
     explain_cost: ExplainCost = ExplainCost()
     metrics_port: int | None = None    # None = no metrics HTTP server; 0 = any free port
     metrics_host: str = "127.0.0.1"
@@ -167,19 +168,64 @@ def _safe_parser(cls, budget: ByteBudget | None = None, factor: float = 1.0) -> 
     return parse
 
 
-def _rpc_handlers(servicer: "NoduleServicer", budget: ByteBudget | None = None,
-                  factor: float = 1.0) -> dict[str, grpc.RpcMethodHandler]:
+RECEIVE_WAIT_S = 2.0  # longest a request waits for room in the memory budget before it is received
+
+
+def _receive_gated(behavior: Callable, parse: Callable[[bytes], Any], receive_budget: ByteBudget,
+                   receive_bytes: int, bound_s: float) -> Callable:
+    """A unary method served as client-streaming (identical on the wire: one message, then
+    half-close), so the server decides *before* the message is read whether there is room for it.
+
+    gRPC reads a unary request before any handler runs, so twelve 128 MiB volumes sent at once
+    were all in memory before the server could refuse eleven of them. Here each call first takes a
+    receive slot -- ``receive_bytes`` (the largest message allowed) from ``receive_budget``, a small
+    pool of its own, waiting up to RECEIVE_WAIT_S or its deadline -- and only then pulls its
+    message; HTTP/2 flow control holds the bytes of the others on their clients meanwhile. Once
+    read, the request is charged to the processing budget (``parse``) or refused, and the slot is
+    free for the next. Receiving a crop takes microseconds, so small calls barely wait."""
+    def gated(request_iterator, context):
+        end = min(_deadline(context, bound_s), time.monotonic() + RECEIVE_WAIT_S)
+        ticket = None
+        while ticket is None and context.is_active():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            ticket = receive_budget.try_reserve(receive_bytes, timeout=min(0.05, left))
+        if ticket is None:
+            return behavior(_Refused(receive_bytes, receive_bytes, receive_budget), context)
+        try:
+            data = next(request_iterator, None)
+            if data is None:
+                request = _Malformed("request", 0, ValueError("no request message"))
+            else:
+                request = parse(data)  # charged to the processing budget (or refused) before parsing
+            del data
+        finally:
+            ticket.release()
+        return behavior(request, context)
+    return gated
+
+
+def _rpc_handlers(servicer: "NoduleServicer", budget: ByteBudget | None = None, factor: float = 1.0,
+                  receive_budget: ByteBudget | None = None, receive_bytes: int = 0,
+                  bound_s: float = 120.0) -> dict[str, grpc.RpcMethodHandler]:
     ser = lambda msg: msg.SerializeToString()  # noqa: E731
+
+    def unary(behavior: Callable, cls) -> grpc.RpcMethodHandler:
+        parse = _safe_parser(cls, budget, factor)
+        if receive_budget is None or receive_bytes <= 0:
+            return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=parse,
+                                                       response_serializer=ser)
+        return grpc.stream_unary_rpc_method_handler(
+            _receive_gated(behavior, parse, receive_budget, receive_bytes, bound_s), request_deserializer=None,
+            response_serializer=ser)
+
     handlers = {
-        "Predict": grpc.unary_unary_rpc_method_handler(
-            servicer.Predict, request_deserializer=_safe_parser(pb.PredictRequest, budget, factor),
-            response_serializer=ser),
+        "Predict": unary(servicer.Predict, pb.PredictRequest),
         "PredictStream": grpc.stream_stream_rpc_method_handler(
             servicer.PredictStream, request_deserializer=_safe_parser(pb.PredictRequest, budget, factor),
             response_serializer=ser),
-        "Explain": grpc.unary_unary_rpc_method_handler(
-            servicer.Explain, request_deserializer=_safe_parser(pb.ExplainRequest, budget, factor),
-            response_serializer=ser),
+        "Explain": unary(servicer.Explain, pb.ExplainRequest),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo, request_deserializer=_safe_parser(pb.GetModelInfoRequest),
             response_serializer=ser),
@@ -705,13 +751,20 @@ class NoduleServer:
             default=Route(self.budgets["other"], per_peer=True), on_reject=rejected))
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes),
-                   ("grpc.so_reuseport", 1 if cfg.reuse_port else 0)]
+                   ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
+                   # No BDP-driven window growth: a stream gets bytes only as its message is read, so a
+                   # request the memory budget has not admitted yet waits on the client, not in here.
+                   ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1 << 16)]
         # Budgets (above) decide who is served; the pool is larger than their sum, so a health check
         # always finds a thread. gRPC's own limit stays only as a backstop against a flood of calls.
         self._pool = futures.ThreadPoolExecutor(max_workers=cfg.pool_threads, thread_name_prefix="naslung-rpc")
         self.server = grpc.server(self._pool, interceptors=interceptors, options=options,
                                   maximum_concurrent_rpcs=cfg.pool_threads + 256)
-        handlers = _rpc_handlers(self.servicer, self.bytes_budget, cfg.request_memory_factor)
+        # unary requests are read only with a receive slot: at most receive_slots messages arrive at once
+        self.receive_budget = ByteBudget(max(1, cfg.receive_slots) * cfg.max_message_bytes)
+        handlers = _rpc_handlers(self.servicer, self.bytes_budget, cfg.request_memory_factor,
+                                 receive_budget=self.receive_budget, receive_bytes=cfg.max_message_bytes,
+                                 bound_s=cfg.max_call_s)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         if hasattr(self.server, "add_registered_method_handlers"):  # grpcio >= 1.63: faster method lookup
             self.server.add_registered_method_handlers(SERVICE_NAME, handlers)

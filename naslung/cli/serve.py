@@ -66,7 +66,7 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     lim.add_argument("--stream-idle-s", type=float, default=30.0, help="close a stream idle this long")
     lim.add_argument("--explain-queue", type=int, default=4, help="Explain calls admitted at once (running + waiting)")
     lim.add_argument("--max-call-s", type=float, default=120.0, help="bound for calls that set no deadline")
-    lim.add_argument("--max-inflight-mb", type=float, default=1024.0,
+    lim.add_argument("--max-inflight-mb", type=float, default=768.0,
                      help="memory budget for requests being processed (charged at 5x their size)")
     return p
 

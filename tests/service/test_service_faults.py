@@ -208,6 +208,7 @@ def test_explain_cost_is_the_servers_choice(start_server, predictor):
 def test_memory_budget_refuses_requests_that_do_not_fit(start_server, predictor):
     slow = SlowPredictor(predictor, delay=1.0)
     # a 64^3 int16 volume is 512 KiB on the wire, charged 5x = 2.5 MiB; the budget holds one
+    # (the 2.5 MiB charge is taken after the message is read, with one of two receive slots)
     server, client = start_server(slow, max_inflight_mb=4.0, max_batch=1, max_volume_voxels=64 ** 3,
                                   max_message_bytes=4 << 20)
     vol = np.full((64, 64, 64), -800, np.int16)
@@ -310,3 +311,19 @@ def test_serve_cli_refuses_open_bind_before_loading(capsys):
     rc = main(["serve", "--random-models", "tiny", "--host", "0.0.0.0", "--port", "0"])
     assert rc == 1 and "--insecure" in capsys.readouterr().err
     assert time.monotonic() - t0 < 30
+
+
+def test_unary_requests_are_read_only_with_a_receive_slot(start_server, predictor):
+    """While every receive slot is taken, a Predict's message is not read: after RECEIVE_WAIT_S it
+    is refused unparsed; once a slot is free the same request is served."""
+    from service.server import RECEIVE_WAIT_S
+
+    server, client = start_server(predictor, receive_slots=1)
+    hold = server.receive_budget.try_reserve(server.receive_budget.limit)
+    t0 = time.monotonic()
+    code, details = _code(client.predict, crop_request(make_crop(1)), timeout=10)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "memory budget" in details
+    assert RECEIVE_WAIT_S - 0.1 <= time.monotonic() - t0 < 8
+    hold.release()
+    assert client.predict(crop_request(make_crop(1)), timeout=10).model_version
+    assert server.receive_budget.used == 0 and server.bytes_budget.used == 0
