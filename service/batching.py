@@ -3,7 +3,12 @@
 One worker thread owns the model. It waits for the first queued item, then up to ``max_delay_s``
 more for others, until ``max_batch`` are ready; items whose deadline has passed (or whose caller
 gave up and cancelled the future) are dropped *before* the forward pass, so a backlog of dead work
-never costs model time. The queue is bounded: :meth:`DynamicBatcher.submit` raises
+never costs model time. Because a batch takes time, "not yet expired" is not enough: the worker
+keeps a running estimate of the model time per crop, drops an item that could not finish before
+its deadline even alone, and cuts a batch to the size whose estimated time still meets the
+deadlines of the items in it (the others go back to the head of the queue). With 200 ms deadlines
+on a CPU this is the difference between computing hundreds of answers nobody receives and
+answering the requests that can still be answered. The queue is bounded: :meth:`DynamicBatcher.submit` raises
 :class:`QueueFull` instead of letting latency grow without limit (the server answers
 RESOURCE_EXHAUSTED).
 """
@@ -81,6 +86,7 @@ class DynamicBatcher:
         self._closing = False
         self.n_dropped_expired = 0
         self.n_run = 0
+        self._per_crop_s: float | None = None  # EWMA of model seconds per crop (None = not measured yet)
         self._thread = threading.Thread(target=self._loop, name="naslung-batcher", daemon=True)
         self._thread.start()
 
@@ -97,6 +103,10 @@ class DynamicBatcher:
             self._set_depth(len(self._queue))
             self._cond.notify()
         return item.future
+
+    def estimate_s(self, n: int) -> float:
+        """Estimated model time of a batch of ``n`` (0 until a batch has been measured)."""
+        return 0.0 if self._per_crop_s is None else self._per_crop_s * n
 
     def depth(self) -> int:
         with self._cond:
@@ -133,6 +143,31 @@ class DynamicBatcher:
             self._set_depth(len(self._queue))
         return batch
 
+    def _drop_expired(self, it: _Item, stage: str) -> None:
+        self.n_dropped_expired += 1
+        if self._metrics is not None:
+            self._metrics.expired(stage)
+        it.future.set_exception(DeadlineExpired("deadline passed before the model could answer "
+                                                f"({'while queued' if stage == 'queued' else 'it would finish too late'})"))
+
+    def _fit(self, live: list[_Item], now: float) -> list[_Item]:
+        """The largest subset whose estimated batch time meets every member's deadline: the items
+        with the most time left; the rest go back to the head of the queue."""
+        if self._per_crop_s is None or len(live) <= 1:
+            return live
+        left = sorted(live, key=lambda it: -(it.deadline - now) if it.deadline is not None else -float("inf"))
+        n = len(left)
+        while n > 1 and left[n - 1].deadline is not None and left[n - 1].deadline - now < self.estimate_s(n):
+            n -= 1
+        keep, back = left[:n], left[n:]
+        if back:
+            with self._cond:
+                for it in sorted(back, key=lambda it: it.enqueued, reverse=True):
+                    self._queue.appendleft(it)
+                self._set_depth(len(self._queue))
+        keep.sort(key=lambda it: it.enqueued)
+        return keep
+
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
@@ -141,15 +176,18 @@ class DynamicBatcher:
             now = time.monotonic()
             live: list[_Item] = []
             for it in batch:
-                if not it.future.set_running_or_notify_cancel():
+                if it.future.cancelled():
                     continue  # the caller gave up (deadline or cancellation) and cancelled it
                 if it.deadline is not None and now >= it.deadline:
-                    self.n_dropped_expired += 1
-                    if self._metrics is not None:
-                        self._metrics.dropped_expired.inc()
-                    it.future.set_exception(DeadlineExpired("deadline passed while queued"))
+                    if it.future.set_running_or_notify_cancel():
+                        self._drop_expired(it, "queued")
+                    continue
+                if it.deadline is not None and it.deadline - now < self.estimate_s(1):
+                    if it.future.set_running_or_notify_cancel():
+                        self._drop_expired(it, "batch")
                     continue
                 live.append(it)
+            live = [it for it in self._fit(live, now) if it.future.set_running_or_notify_cancel()]
             if not live:
                 continue
             t0 = time.monotonic()
@@ -161,6 +199,8 @@ class DynamicBatcher:
                     it.future.set_exception(e)
                 continue
             dt = time.monotonic() - t0
+            per = dt / len(live)
+            self._per_crop_s = per if self._per_crop_s is None else 0.7 * self._per_crop_s + 0.3 * per
             self.n_run += len(live)
             if self._metrics is not None:
                 self._metrics.batch_size.observe(len(live))

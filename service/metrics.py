@@ -6,8 +6,16 @@ several servers in one process never share counters).
     naslung_batch_size                            crops per forward pass
     naslung_inference_seconds                     model time per batch
     naslung_queue_depth                           crops waiting for a batch
-    naslung_dropped_expired_total                 queued crops dropped because their deadline passed
+    naslung_dropped_expired_total{stage}          work dropped unrun because its deadline passed (stage:
+                                                  before_crop, queued, batch (would finish too late),
+                                                  explain_wait, explain_run)
+    naslung_wasted_crops_total                    crops the model ran for a caller already gone
     naslung_inflight_requests                     RPCs being handled
+    naslung_inflight_bytes                        request bytes (charged, see service.admission) in flight
+    naslung_admission_rejected_total{method}      calls refused by a budget (RESOURCE_EXHAUSTED)
+
+``naslung_requests_total`` counts what the client received: a handler that finishes after its
+client's deadline counts DEADLINE_EXCEEDED (CANCELLED if the client cancelled), never OK.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ class Metrics:
             self.registry = None
             self.requests = self.latency = self.batch_size = self.inference_seconds = _Null()
             self.queue_depth = self.dropped_expired = self.inflight = _Null()
+            self.wasted_crops = self.inflight_bytes = self.admission_rejected = _Null()
             self._http = None
             return
 
@@ -54,11 +63,19 @@ class Metrics:
         self.inference_seconds = Histogram("naslung_inference_seconds", "Model time per batch",
                                            buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("naslung_queue_depth", "Crops waiting for a batch", registry=r)
-        self.dropped_expired = Counter("naslung_dropped_expired", "Queued crops dropped after their deadline",
-                                       registry=r)
+        self.dropped_expired = Counter("naslung_dropped_expired", "Work dropped unrun because its deadline passed",
+                                       ["stage"], registry=r)
+        self.wasted_crops = Counter("naslung_wasted_crops", "Crops the model ran for a caller already gone",
+                                    registry=r)
+        self.inflight_bytes = Gauge("naslung_inflight_bytes", "Charged request bytes in flight", registry=r)
+        self.admission_rejected = Counter("naslung_admission_rejected", "Calls refused by a concurrency budget",
+                                          ["method"], registry=r)
         self.inflight = Gauge("naslung_inflight_requests", "RPCs being handled", registry=r)
         self._http = None
         self._thread = None
+
+    def expired(self, stage: str, n: int = 1) -> None:
+        self.dropped_expired.labels(stage).inc(n)
 
     def record(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

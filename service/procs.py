@@ -5,8 +5,15 @@ threads share one GIL while parsing 64-128 KB requests). ``serve_processes`` sta
 children, each a full :class:`service.server.NoduleServer` (own predictor, batcher and metrics)
 bound to the same port with ``SO_REUSEPORT``, so the kernel spreads client connections over them
 (Linux). The parent only supervises: it waits until every child is ready, forwards SIGTERM/SIGINT
-so each drains its in-flight requests, and stops them all if one dies; a child whose parent dies
-drains and exits by itself.
+so each drains its in-flight requests, and restarts a child that dies (kill -9, OOM, a crash) with
+exponential backoff (0.5 s doubling to 30 s; reset once a child has served for a minute) while the
+others keep the port answering -- one crash is not an outage. A child that cannot start at all
+(a bad bundle) stops the group at start-up, as before: that is a configuration error, not a crash.
+A child whose parent dies drains and exits by itself.
+
+Health: each child serves grpc.health.v1 on the shared port and reports SERVING only once its
+model is loaded and warmed up, so a probe never lands on a half-started replacement; the kernel
+sends new connections only to children that are listening, so while one restarts the others answer.
 
 Metrics: with ``metrics_port`` P, child *i* serves its own metrics on P + i.
 """
@@ -70,7 +77,8 @@ def _child(make_predictor: Callable[[], Any], config: ServerConfig, index: int, 
 
 
 def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, procs: int,
-                    on_ready: Callable[[ProcessGroup], None] | None = None, *, start_timeout_s: float = 600.0) -> int:
+                    on_ready: Callable[[ProcessGroup], None] | None = None, *, start_timeout_s: float = 600.0,
+                    restart_backoff_s: tuple[float, float] = (0.5, 30.0)) -> int:
     """Serve with ``procs`` processes until SIGTERM/SIGINT (main thread only); returns an exit code.
 
     ``make_predictor`` must be picklable (a module-level function or a ``functools.partial``): each
@@ -99,7 +107,6 @@ def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, pro
         stop.set()
 
     old = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    rc = 0
     try:
         for c in children:
             c.start()
@@ -126,16 +133,55 @@ def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, pro
             metrics[index] = mport
         if on_ready is not None:
             on_ready(ProcessGroup(port, tuple(c.pid for c in children), tuple(metrics[i] for i in range(procs))))
-        while not stop.wait(0.5):
-            dead = [c for c in children if c.exitcode is not None]
-            if dead:
-                log.error("server process %s exited with %s; stopping the others", dead[0].name, dead[0].exitcode)
-                rc = 1
-                break
-        return _shutdown(children, config.grace_s, rc)
+        return _supervise(ctx, children, make_predictor, config, port, ready_q, stop, restart_backoff_s)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _supervise(ctx, children: list, make_predictor, config: ServerConfig, port: int, ready_q, stop: threading.Event,
+               backoff: tuple[float, float]) -> int:
+    """Until ``stop``: restart any child that exits, with per-child exponential backoff."""
+    first, cap = backoff
+    n = len(children)
+    started = [time.monotonic()] * n
+    delay = [first] * n
+    due: dict[int, float] = {}       # child index -> when to restart it
+    restarts = 0
+    while not stop.wait(0.2):
+        now = time.monotonic()
+        try:
+            while True:  # ready / failed messages from restarted children
+                index, _, _, error = ready_q.get_nowait()
+                if error:
+                    log.error("restarted server process %d failed to start: %s", index, error)
+                else:
+                    log.warning("server process %d is serving again (pid %s)", index, children[index].pid)
+        except queue.Empty:
+            pass
+        for i, c in enumerate(children):
+            if i in due or c.exitcode is None:
+                continue
+            if now - started[i] >= 60.0:
+                delay[i] = first
+            due[i] = now + delay[i]
+            log.error("server process %d (pid %s) exited with %s; restarting it in %.1f s (the other %d keep "
+                      "serving)", i, c.pid, c.exitcode, delay[i], n - 1)
+            delay[i] = min(cap, delay[i] * 2)
+        for i, when in list(due.items()):
+            if now >= when:
+                del due[i]
+                mport = None if config.metrics_port is None else (config.metrics_port + i if config.metrics_port else 0)
+                cfg = replace(config, port=port, reuse_port=True, metrics_port=mport)
+                child = ctx.Process(target=_child, args=(make_predictor, cfg, i, ready_q, os.getpid()),
+                                    name=f"naslung-serve-{i}")
+                child.start()
+                children[i] = child
+                started[i] = time.monotonic()
+                restarts += 1
+    if restarts:
+        log.warning("%d server process restart(s) during this run", restarts)
+    return _shutdown(children, config.grace_s, 0)
 
 
 def _shutdown(children: list, grace_s: float, rc: int) -> int:

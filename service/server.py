@@ -10,9 +10,9 @@ grpcio-reflection is missing (a bare load-test box) the server logs a warning an
 """
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
+import ipaddress
 import json
 import logging
 import math
@@ -20,6 +20,7 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from typing import Any, Callable, Iterator
 import grpc
 import numpy as np
 
+from service.admission import AdmissionInterceptor, ByteBudget, Route, SlotBudget
 from service.batching import BatchConfig, BatcherClosed, DeadlineExpired, DynamicBatcher, ItemResult, QueueFull
+from service.explaining import MAX_METHODS_PER_REQUEST, ExplainCost, Explainer, ExplainStopped
 from service.generated import nodule_service_pb2 as pb
 from service.metrics import Metrics
 from service.predictor import Predictor
@@ -42,6 +45,9 @@ DEFAULT_EXPLAIN_METHODS = ("cbam", "gradcam")
 LABELS = ("benign", "malignant")
 
 
+HEALTH_RESERVE_THREADS = 8  # threads no budget can take: health checks always find one
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -49,16 +55,27 @@ class ServerConfig:
     max_batch: int = 32
     max_delay_ms: float = 2.0
     max_queue: int = 256               # crops waiting for a batch; beyond -> RESOURCE_EXHAUSTED
-    workers: int = 64                  # RPC handler threads = max concurrent RPCs (more -> RESOURCE_EXHAUSTED)
+    workers: int = 64                  # concurrent Predict calls (more -> RESOURCE_EXHAUSTED)
     max_message_bytes: int = Limits.max_message_bytes
     max_volume_voxels: int = Limits.max_volume_voxels
     stream_window: int = 32            # crops of one PredictStream in flight at once
-    explain_concurrency: int = 1       # Explain RPCs running at once; others wait (up to their deadline)
+    stream_slots: int = 16             # concurrent PredictStream calls, all clients together
+    streams_per_peer: int = 4          # concurrent PredictStream calls of one client connection
+    stream_idle_s: float = 30.0        # a stream with no request and nothing in flight this long is closed
+    explain_concurrency: int = 1       # Explain RPCs computing at once
+    explain_queue: int = 4             # Explain RPCs admitted at once (computing + waiting for a slot)
+    other_slots: int = 8               # GetModelInfo, reflection, health Watch
+    max_call_s: float = 120.0          # bound on any call (or stream item) that carries no deadline
+    max_inflight_mb: float = 768.0     # request memory budget (see service.admission.ByteBudget)
+    request_memory_factor: float = 5.0  # bytes a request pins per byte on the wire (decode + resample)
+    receive_slots: int = 2             # unary requests being read off the wire at once (each up to max message)
+    explain_cost: ExplainCost = ExplainCost()
     metrics_port: int | None = None    # None = no metrics HTTP server; 0 = any free port
     metrics_host: str = "127.0.0.1"
     tls_cert: str | None = None        # PEM paths; both or neither
     tls_key: str | None = None
     token: str | None = None           # bearer token required on every RPC but health checks
+    insecure: bool = False             # allow a non-loopback bind with neither TLS nor a token
     grace_s: float = 10.0              # drain time on shutdown
     reuse_port: bool = False           # SO_REUSEPORT: several processes share the port (service.procs)
 
@@ -66,33 +83,149 @@ class ServerConfig:
     def limits(self) -> Limits:
         return Limits(max_volume_voxels=self.max_volume_voxels, max_message_bytes=self.max_message_bytes)
 
+    @property
+    def pool_threads(self) -> int:
+        """RPC threads: every budget can be full and a health check still finds a thread."""
+        return (self.workers + self.stream_slots + self.explain_queue + self.other_slots
+                + HEALTH_RESERVE_THREADS)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: ServerConfig) -> None:
+    """Refuse to open a non-loopback port to anyone who can reach it, unless asked to (--insecure)."""
+    if is_loopback(cfg.host) or cfg.tls_cert or cfg.token:
+        return
+    if not cfg.insecure:
+        raise ValueError(f"refusing to serve on {cfg.host} with neither TLS nor a token: anyone who can reach "
+                         f"this address could use the service. Pass --tls-cert/--tls-key and --token-file, or "
+                         f"--insecure to serve it open anyway (trusted network only).")
+    log.warning("INSECURE: serving on %s with neither TLS nor a bearer token (--insecure): anyone who can "
+                "reach this address can call the service", cfg.host)
+
 
 class _Malformed:
     """A request whose bytes do not parse as the expected message (answered INVALID_ARGUMENT)."""
 
     def __init__(self, type_name: str, n_bytes: int, error: Exception) -> None:
-        self.message = f"request is not a valid {type_name} message ({n_bytes} bytes): {type(error).__name__}: {error}"
+        # The parser's own text stays in the server log: clients get what is wrong, not internals.
+        log.debug("unparseable %s (%d bytes): %s: %s", type_name, n_bytes, type(error).__name__, error)
+        self.message = f"request is not a valid {type_name} message ({n_bytes:,} bytes do not parse)"
 
 
-def _safe_parser(cls) -> Callable[[bytes], Any]:
-    """Deserializer that never raises (gRPC would answer INTERNAL); bad bytes become _Malformed."""
+class _Refused:
+    """A request refused before parsing because the memory budget is full (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, n_bytes: int, charge: int, budget: ByteBudget) -> None:
+        self.message = (f"server memory budget for requests in flight is full ({budget.used / 2**20:,.0f} of "
+                        f"{budget.limit / 2**20:,.0f} MiB in use; this {n_bytes / 2**20:,.1f} MiB request needs "
+                        f"{charge / 2**20:,.0f} MiB); retry with backoff")
+
+
+class _Admitted:
+    """A parsed request and its memory reservation (released when the request is done)."""
+
+    __slots__ = ("msg", "ticket")
+
+    def __init__(self, msg, ticket) -> None:
+        self.msg, self.ticket = msg, ticket
+
+
+def _unwrap(request) -> tuple[Any, Any]:
+    """(request, ticket or None); _Malformed and _Refused pass through."""
+    if isinstance(request, _Admitted):
+        return request.msg, request.ticket
+    return request, None
+
+
+def _safe_parser(cls, budget: ByteBudget | None = None, factor: float = 1.0) -> Callable[[bytes], Any]:
+    """Deserializer that never raises (gRPC would answer INTERNAL); bad bytes become _Malformed.
+
+    With ``budget``, the request is charged ``len(data) * factor`` bytes *before* it is parsed, and
+    refused (_Refused) when that does not fit: the parse and the decoding that follow are where a
+    big volume's memory goes."""
     def parse(data: bytes):
+        ticket = None
+        if budget is not None:
+            charge = int(len(data) * factor)
+            ticket = budget.try_reserve(charge)
+            if ticket is None:
+                return _Refused(len(data), charge, budget)
         try:
-            return cls.FromString(data)
+            msg = cls.FromString(data)
         except Exception as e:
+            if ticket is not None:
+                ticket.release()
             return _Malformed(cls.DESCRIPTOR.full_name, len(data), e)
+        return msg if ticket is None else _Admitted(msg, ticket)
     return parse
 
 
-def _rpc_handlers(servicer: "NoduleServicer") -> dict[str, grpc.RpcMethodHandler]:
+RECEIVE_WAIT_S = 2.0  # longest a request waits for room in the memory budget before it is received
+
+
+def _receive_gated(behavior: Callable, parse: Callable[[bytes], Any], receive_budget: ByteBudget,
+                   receive_bytes: int, bound_s: float) -> Callable:
+    """A unary method served as client-streaming (identical on the wire: one message, then
+    half-close), so the server decides *before* the message is read whether there is room for it.
+
+    gRPC reads a unary request before any handler runs, so twelve 128 MiB volumes sent at once
+    were all in memory before the server could refuse eleven of them. Here each call first takes a
+    receive slot -- ``receive_bytes`` (the largest message allowed) from ``receive_budget``, a small
+    pool of its own, waiting up to RECEIVE_WAIT_S or its deadline -- and only then pulls its
+    message; HTTP/2 flow control holds the bytes of the others on their clients meanwhile. Once
+    read, the request is charged to the processing budget (``parse``) or refused, and the slot is
+    free for the next. Receiving a crop takes microseconds, so small calls barely wait."""
+    def gated(request_iterator, context):
+        end = min(_deadline(context, bound_s), time.monotonic() + RECEIVE_WAIT_S)
+        ticket = None
+        while ticket is None and context.is_active():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            ticket = receive_budget.try_reserve(receive_bytes, timeout=min(0.05, left))
+        if ticket is None:
+            return behavior(_Refused(receive_bytes, receive_bytes, receive_budget), context)
+        try:
+            data = next(request_iterator, None)
+            if data is None:
+                request = _Malformed("request", 0, ValueError("no request message"))
+            else:
+                request = parse(data)  # charged to the processing budget (or refused) before parsing
+            del data
+        finally:
+            ticket.release()
+        return behavior(request, context)
+    return gated
+
+
+def _rpc_handlers(servicer: "NoduleServicer", budget: ByteBudget | None = None, factor: float = 1.0,
+                  receive_budget: ByteBudget | None = None, receive_bytes: int = 0,
+                  bound_s: float = 120.0) -> dict[str, grpc.RpcMethodHandler]:
     ser = lambda msg: msg.SerializeToString()  # noqa: E731
+
+    def unary(behavior: Callable, cls) -> grpc.RpcMethodHandler:
+        parse = _safe_parser(cls, budget, factor)
+        if receive_budget is None or receive_bytes <= 0:
+            return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=parse,
+                                                       response_serializer=ser)
+        return grpc.stream_unary_rpc_method_handler(
+            _receive_gated(behavior, parse, receive_budget, receive_bytes, bound_s), request_deserializer=None,
+            response_serializer=ser)
+
     handlers = {
-        "Predict": grpc.unary_unary_rpc_method_handler(
-            servicer.Predict, request_deserializer=_safe_parser(pb.PredictRequest), response_serializer=ser),
+        "Predict": unary(servicer.Predict, pb.PredictRequest),
         "PredictStream": grpc.stream_stream_rpc_method_handler(
-            servicer.PredictStream, request_deserializer=_safe_parser(pb.PredictRequest), response_serializer=ser),
-        "Explain": grpc.unary_unary_rpc_method_handler(
-            servicer.Explain, request_deserializer=_safe_parser(pb.ExplainRequest), response_serializer=ser),
+            servicer.PredictStream, request_deserializer=_safe_parser(pb.PredictRequest, budget, factor),
+            response_serializer=ser),
+        "Explain": unary(servicer.Explain, pb.ExplainRequest),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo, request_deserializer=_safe_parser(pb.GetModelInfoRequest),
             response_serializer=ser),
@@ -106,6 +239,41 @@ class _Fail(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+def _internal(what: str, error: BaseException, request_id: str = "", peer: str = "") -> _Fail:
+    """An unexpected failure: the details (exception text, traceback, library paths) go to the
+    server log under a fresh error id; the client gets only the id to quote."""
+    eid = uuid.uuid4().hex[:12]
+    log.error("%s failed [error id %s, request_id %r, peer %s]: %s: %s", what, eid, request_id, peer,
+              type(error).__name__, error, exc_info=(type(error), error, error.__traceback__))
+    return _Fail(grpc.StatusCode.INTERNAL, f"internal error (error id {eid}); the server log has the details")
+
+
+# The client's deadline runs out slightly before the server's copy of it (the server starts its
+# clock when the headers arrive), so the client's cancellation at its deadline reaches the server
+# just before the server's own deadline. A call that ended this close to its deadline ended by it.
+DEADLINE_SLACK_S = 0.1
+
+
+def _ended_by_deadline(deadline: float | None, at: float | None = None) -> bool:
+    at = time.monotonic() if at is None else at
+    return deadline is not None and at >= deadline - DEADLINE_SLACK_S
+
+
+def _delivered(code: str, context, deadline: float | None, ended_at: list[float]) -> str:
+    """What the client actually received: a call that was no longer active when its handler
+    finished ended with the client's deadline (DEADLINE_EXCEEDED) or a cancellation, whatever the
+    handler produced. ``ended_at`` holds the time the call terminated (a context callback)."""
+    try:
+        active = context.is_active()
+    except Exception:
+        active = True
+    if active and not ended_at:
+        return code
+    if _ended_by_deadline(deadline, ended_at[0] if ended_at else None):
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED"
 
 
 def _explain_fn():
@@ -127,6 +295,14 @@ def _remaining(context: grpc.ServicerContext) -> float | None:
     return None if r is None or r > 1e8 else max(float(r), 0.0)
 
 
+def _deadline(context: grpc.ServicerContext, bound_s: float, t0: float | None = None) -> float:
+    """The call's deadline as a monotonic time, never further than ``bound_s`` away: every wait
+    the server does is bounded, even for a client that set no deadline."""
+    t0 = time.monotonic() if t0 is None else t0
+    rem = _remaining(context)
+    return t0 + (bound_s if rem is None else min(rem, bound_s))
+
+
 def _array3d(values: np.ndarray) -> pb.Array3D:
     v = np.ascontiguousarray(values, dtype="<f4")
     return pb.Array3D(shape=list(v.shape), dtype=pb.DTYPE_FLOAT32, data=v.tobytes())
@@ -145,7 +321,12 @@ def _flatten_metrics(d: Any, prefix: str = "") -> dict[str, float]:
 class NoduleServicer:
     """The four RPCs. Registered with generic handlers (see :func:`_rpc_handlers`) rather than the
     generated ``add_NoduleServiceServicer_to_server``, so that bad request bytes become
-    INVALID_ARGUMENT and the server runs on older grpcio releases than the generated stub needs."""
+    INVALID_ARGUMENT and the server runs on older grpcio releases than the generated stub needs.
+
+    Every step that costs something -- resampling a volume, joining a batch, waiting for an
+    explanation slot, each forward pass of an explanation -- first checks that the caller is still
+    there and its deadline has not passed; work for a caller who is gone is dropped and counted
+    (``naslung_dropped_expired_total{stage}``), never done."""
 
     def __init__(self, predictor: Predictor, batcher: DynamicBatcher, config: ServerConfig, metrics: Metrics) -> None:
         self.predictor = predictor
@@ -153,17 +334,34 @@ class NoduleServicer:
         self.config = config
         self.metrics = metrics
         self._explain_slots = threading.BoundedSemaphore(max(1, config.explain_concurrency))
-        self._explain_target = None
+        self._explainer_obj: Explainer | None = None
         self._explain_target_lock = threading.Lock()
 
     # -- shared pieces ------------------------------------------------------------------------------
     def _crop(self, req: pb.PredictRequest, field: str = "") -> np.ndarray:
         if isinstance(req, _Malformed):
             raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, req.message)
+        if isinstance(req, _Refused):
+            raise _Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, req.message)
         try:
             return crop_from_request(req, self.predictor.spec, self.config.limits, field=field)
         except RequestError as e:
             raise _Fail(e.code, e.message) from None
+        except Exception as e:  # a library failure on input that passed validation: not the client's text
+            raise _internal("building the crop", e, getattr(req, "request_id", "")) from None
+
+    @staticmethod
+    def _expired(context, deadline: float | None) -> bool:
+        r = context.time_remaining()
+        return (deadline is not None and time.monotonic() >= deadline) or (r is not None and r <= 0)
+
+    def _alive(self, context, deadline: float | None, stage: str) -> None:
+        """Raise _Fail when the caller's deadline has passed (counted under ``stage``) or it is gone."""
+        if self._expired(context, deadline) or (not context.is_active() and _ended_by_deadline(deadline)):
+            self.metrics.expired(stage)
+            raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline passed ({stage.replace('_', ' ')})")
+        if not context.is_active():
+            raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled")
 
     def _submit(self, crop: np.ndarray, deadline: float | None):
         try:
@@ -173,20 +371,25 @@ class NoduleServicer:
         except BatcherClosed as e:
             raise _Fail(grpc.StatusCode.UNAVAILABLE, str(e)) from None
 
-    def _wait(self, fut, deadline: float | None) -> ItemResult:
+    def _wait(self, fut, deadline: float | None, request_id: str = "") -> ItemResult:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return fut.result(timeout=timeout)
         except futures.TimeoutError:
-            fut.cancel()  # still queued -> the batcher skips it
+            if fut.cancel():  # still queued -> the batcher skips it
+                self.metrics.expired("queued")
+            elif not (fut.done() and isinstance(fut.exception(), DeadlineExpired)):
+                self.metrics.wasted_crops.inc()  # the model ran (or runs) it for nobody
             raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a batch") from None
-        except futures.CancelledError:
+        except futures.CancelledError:  # the call ended (context callback) while its crop was queued
+            if _ended_by_deadline(deadline):
+                self.metrics.expired("queued")
+                raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a batch") from None
             raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled") from None
-        except DeadlineExpired as e:
+        except DeadlineExpired as e:  # counted by the batcher
             raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
         except Exception as e:
-            log.exception("prediction failed")
-            raise _Fail(grpc.StatusCode.INTERNAL, f"prediction failed: {type(e).__name__}: {e}") from None
+            raise _internal("prediction", e, request_id) from None
 
     def _response(self, request_id: str, res: ItemResult, t0: float) -> pb.PredictResponse:
         p = float(res.proba[1])
@@ -200,27 +403,32 @@ class NoduleServicer:
             timing=pb.Timing(queue_ms=res.queue_s * 1e3, inference_ms=res.inference_s * 1e3,
                              total_ms=(time.monotonic() - t0) * 1e3, batch_size=res.batch_size))
 
-    def _predict_one(self, req: pb.PredictRequest, context, field: str = "") -> tuple[pb.PredictResponse, np.ndarray]:
+    def _predict_one(self, req: pb.PredictRequest, context, deadline: float,
+                     field: str = "") -> tuple[pb.PredictResponse, np.ndarray]:
         t0 = time.monotonic()
-        rem = _remaining(context)
-        deadline = None if rem is None else t0 + rem
+        self._alive(context, deadline, "before_crop")
         crop = self._crop(req, field)
+        self._alive(context, deadline, "before_crop")  # resampling a volume takes time
         fut = self._submit(crop, deadline)
         context.add_callback(fut.cancel)  # client went away -> drop the queued crop
-        return self._response(req.request_id, self._wait(fut, deadline), t0), crop
+        rid = getattr(req, "request_id", "")
+        return self._response(rid, self._wait(fut, deadline, rid), t0), crop
 
     # -- RPCs ---------------------------------------------------------------------------------------
     def Predict(self, request, context):
-        return self._predict_one(request, context)[0]
+        return self._predict_one(request, context, _deadline(context, self.config.max_call_s))[0]
 
     def PredictStream(self, request_iterator, context):
+        cfg = self.config
         end = object()
-        window: queue.Queue = queue.Queue(maxsize=max(1, self.config.stream_window))
+        window: queue.Queue = queue.Queue(maxsize=max(1, cfg.stream_window))
         rem = _remaining(context)
-        deadline = None if rem is None else time.monotonic() + rem
+        stream_deadline = None if rem is None else time.monotonic() + rem
+        stop = threading.Event()
+        state = {"last": time.monotonic(), "busy": False}
 
         def put(item) -> bool:
-            while context.is_active():
+            while context.is_active() and not stop.is_set():
                 try:
                     window.put(item, timeout=0.1)
                     return True
@@ -230,76 +438,143 @@ class NoduleServicer:
 
         def reader() -> None:
             try:
-                for req in request_iterator:
+                for raw in request_iterator:
+                    state["busy"], state["last"] = True, time.monotonic()
+                    req, ticket = _unwrap(raw)
+                    del raw
                     t0 = time.monotonic()
+                    deadline = t0 + cfg.max_call_s
+                    if stream_deadline is not None:
+                        deadline = min(deadline, stream_deadline)
+                    rid = getattr(req, "request_id", "")
                     try:
-                        item = (getattr(req, "request_id", ""), t0, self._submit(self._crop(req), deadline), None)
+                        if time.monotonic() >= deadline:
+                            self.metrics.expired("before_crop")
+                            raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed (before crop)")
+                        crop = self._crop(req)
+                        del req
+                        if ticket is not None:
+                            ticket.release()  # the crop is small; the request's bytes are no longer needed
+                        item = (rid, t0, self._submit(crop, deadline), None, deadline)
                     except _Fail as f:
-                        item = (getattr(req, "request_id", ""), t0, None, f)
+                        item = (rid, t0, None, f, deadline)
+                    finally:
+                        if ticket is not None:
+                            ticket.release()
                     if not put(item):
+                        if item[2] is not None:
+                            item[2].cancel()
                         return
+                    state["busy"], state["last"] = False, time.monotonic()
             except Exception as e:  # the client broke or cancelled the stream
                 log.debug("stream reader ended: %s", e)
             finally:
+                state["busy"] = False
                 put(end)
 
         threading.Thread(target=reader, name="naslung-stream-reader", daemon=True).start()
-        while True:
-            try:
-                item = window.get(timeout=0.5)
-            except queue.Empty:
-                if not context.is_active():
-                    return
-                continue
-            if item is end:
-                return
-            rid, t0, fut, fail = item
-            if fut is not None:
+        try:
+            while True:
                 try:
-                    resp = self._response(rid, self._wait(fut, deadline), t0)
-                    self.metrics.record("PredictStreamItem", "OK", time.monotonic() - t0)
-                    yield resp
+                    item = window.get(timeout=0.25)
+                except queue.Empty:
+                    if not context.is_active():
+                        return
+                    idle = time.monotonic() - state["last"]
+                    if not state["busy"] and idle > cfg.stream_idle_s:
+                        raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"stream idle for {idle:.0f} s with nothing in flight (limit "
+                                    f"{cfg.stream_idle_s:g} s); closed to free its slot -- open a new stream "
+                                    f"when there is work")
                     continue
-                except _Fail as f:
-                    fail = f
-            self.metrics.record("PredictStreamItem", fail.code.name, time.monotonic() - t0)
-            yield pb.PredictResponse(request_id=rid, error=pb.ItemError(code=fail.code.value[0], message=fail.message))
+                if item is end:
+                    return
+                rid, t0, fut, fail, deadline = item
+                if fut is not None:
+                    try:
+                        resp = self._response(rid, self._wait(fut, deadline, rid), t0)
+                    except _Fail as f:
+                        fail = f
+                    else:
+                        yield resp
+                        state["last"] = time.monotonic()
+                        self.metrics.record("PredictStreamItem", "OK", time.monotonic() - t0)
+                        continue
+                yield pb.PredictResponse(request_id=rid, error=pb.ItemError(code=fail.code.value[0],
+                                                                            message=fail.message))
+                state["last"] = time.monotonic()
+                self.metrics.record("PredictStreamItem", fail.code.name, time.monotonic() - t0)
+        finally:
+            stop.set()
+            while True:  # whatever is still queued for this stream runs for nobody: drop it
+                try:
+                    item = window.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not end and item[2] is not None:
+                    item[2].cancel()
 
-    def _explainer(self):
+    def _explainer(self) -> Explainer:
         """A private copy of the models for explanations: their hooks and gradients never touch the
         copy the batcher runs, so explanations do not stall predictions."""
         with self._explain_target_lock:
-            if self._explain_target is None:
+            if self._explainer_obj is None:
                 target = getattr(self.predictor, "explain_target", None)
                 if target is None:
                     raise _Fail(grpc.StatusCode.UNIMPLEMENTED, "this predictor cannot be explained")
                 with self.predictor.lock:
-                    self._explain_target = copy.deepcopy(target)
-            return self._explain_target
+                    self._explainer_obj = Explainer(target, self.config.explain_cost)
+            return self._explainer_obj
 
-    def Explain(self, request, context):
-        explain_crop = _explain_fn()
-        if isinstance(explain_crop, str):
-            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server ({explain_crop})")
-        methods = tuple(request.methods) or DEFAULT_EXPLAIN_METHODS
+    def _explain_methods(self, request) -> tuple[str, ...]:
+        if len(request.methods) > MAX_METHODS_PER_REQUEST:
+            raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, f"{len(request.methods)} explanation methods requested; "
+                                                          f"at most {MAX_METHODS_PER_REQUEST}")
+        methods = tuple(dict.fromkeys(m.strip().lower() for m in request.methods)) or DEFAULT_EXPLAIN_METHODS
         known = self._known_methods()
         if known:
             bad = [m for m in methods if m not in known]
             if bad:
                 raise _Fail(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"unknown explanation method(s) {bad}; choose from {list(known)}")
+                            f"unknown explanation method(s) {[b[:40] for b in bad[:4]]}; choose from {list(known)}")
+        return methods
+
+    def _acquire_explain_slot(self, context, deadline: float, cancelled: threading.Event) -> None:
+        while not self._explain_slots.acquire(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
+            if self._expired(context, deadline) or (not context.is_active() and _ended_by_deadline(deadline)):
+                self.metrics.expired("explain_wait")
+                raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "deadline passed while waiting for an explanation slot (explanations run "
+                            f"{self.config.explain_concurrency} at a time)")
+            if cancelled.is_set() or not context.is_active():
+                raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled")
+
+    def Explain(self, request, context):
+        explain_crop = _explain_fn()
+        if isinstance(explain_crop, str):
+            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server ({explain_crop})")
+        deadline = _deadline(context, self.config.max_call_s)
+        methods = self._explain_methods(request)
         if not request.HasField("input"):
             raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, "input is missing")
-        prediction, crop = self._predict_one(request.input, context, field="input")
-        rem = _remaining(context)
-        if not self._explain_slots.acquire(timeout=rem if rem is not None else None):
-            raise _Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "explanation slots busy until the deadline; retry later")
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        prediction, crop = self._predict_one(request.input, context, deadline, field="input")
+        self._acquire_explain_slot(context, deadline, cancelled)
         try:
             spec = self.predictor.spec
             try:
-                maps = explain_crop(self._explainer(), crop, spec, methods=methods)
-            except ValueError as e:
-                raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+                maps = self._explainer().explain(crop, spec, methods, deadline=deadline, cancelled=cancelled.is_set)
+            except ExplainStopped as e:
+                if e.reason == "deadline" or _ended_by_deadline(deadline):
+                    self.metrics.expired("explain_run")
+                    raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed during the explanation; "
+                                                                   "it was stopped") from None
+                raise _Fail(grpc.StatusCode.CANCELLED, "request cancelled") from None
+            except _Fail:
+                raise
+            except Exception as e:  # input and methods were validated: anything else is ours
+                raise _internal("explanation", e, request.input.request_id, context.peer()) from None
         finally:
             self._explain_slots.release()
         spacing = [float(spec.spacing_mm)] * 3
@@ -351,38 +626,56 @@ class NoduleServicer:
             api_version=API_VERSION)
 
 
+def _is_abort(e: BaseException) -> bool:
+    return isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError"
+
+
 def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
-    """Wrap each RPC: map _Fail to a status, count codes and latency, never leak a traceback."""
+    """Wrap each RPC: map _Fail to a status, count what the client received and the latency,
+    release the request's memory reservation, never leak a traceback or a library message."""
 
     def unary(name: str, fn: Callable):
         @functools.wraps(fn)
         def handler(request, context):
             t0 = time.monotonic()
+            rem = _remaining(context)
+            deadline = None if rem is None else t0 + rem
+            request, ticket = _unwrap(request)
+            ended: list[float] = []
+            context.add_callback(lambda: ended.append(time.monotonic()))
             metrics.inflight.inc()
             code = "OK"
             try:
-                if isinstance(request, _Malformed):
-                    raise _Fail(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                if isinstance(request, (_Malformed, _Refused)):
+                    raise _Fail(grpc.StatusCode.INVALID_ARGUMENT if isinstance(request, _Malformed)
+                                else grpc.StatusCode.RESOURCE_EXHAUSTED, request.message)
                 return fn(request, context)
             except _Fail as f:
                 code = f.code.name
                 context.abort(f.code, f.message)
             except Exception as e:
-                if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError" or not context.is_active():
+                if _is_abort(e) or not context.is_active():
                     code = "CANCELLED" if not context.is_active() else "UNKNOWN"
                     raise
-                code = "INTERNAL"
-                log.exception("%s failed", name)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+                f = _internal(name, e, str(getattr(request, "request_id", "")), context.peer())
+                code = f.code.name
+                context.abort(f.code, f.message)
             finally:
+                del request
+                if ticket is not None:
+                    ticket.release()
                 metrics.inflight.dec()
-                metrics.record(name, code, time.monotonic() - t0)
+                metrics.record(name, _delivered(code, context, deadline, ended), time.monotonic() - t0)
         return handler
 
     def streaming(name: str, fn: Callable):
         @functools.wraps(fn)
         def handler(request_iterator, context):
             t0 = time.monotonic()
+            rem = _remaining(context)
+            deadline = None if rem is None else t0 + rem
+            ended: list[float] = []
+            context.add_callback(lambda: ended.append(time.monotonic()))
             metrics.inflight.inc()
             code = "OK"
             try:
@@ -394,14 +687,14 @@ def _instrument(servicer: NoduleServicer, metrics: Metrics) -> None:
                 code = "CANCELLED"
                 raise
             except Exception as e:
-                if type(e).__name__ == "_AbortError":
+                if _is_abort(e):
                     raise
-                code = "INTERNAL"
-                log.exception("%s failed", name)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+                f = _internal(name, e, "", context.peer())
+                code = f.code.name
+                context.abort(f.code, f.message)
             finally:
                 metrics.inflight.dec()
-                metrics.record(name, code, time.monotonic() - t0)
+                metrics.record(name, _delivered(code, context, deadline, ended), time.monotonic() - t0)
         return handler
 
     for name in ("Predict", "Explain", "GetModelInfo"):
@@ -422,25 +715,56 @@ class NoduleServer:
         cfg = self.config
         if (cfg.tls_cert is None) != (cfg.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+        check_exposure(cfg)
         self.metrics = Metrics()
         self.batcher = DynamicBatcher(
             predictor.predict, BatchConfig(max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_ms / 1e3,
                                            max_queue=cfg.max_queue), metrics=self.metrics)
+        cfg.explain_cost.check(predictor.spec.size)
         self.servicer = NoduleServicer(predictor, self.batcher, cfg, self.metrics)
         _instrument(self.servicer, self.metrics)
+        self.bytes_budget = ByteBudget(int(cfg.max_inflight_mb * 2**20), on_change=self.metrics.inflight_bytes.set)
+        self.budgets = {
+            "Predict": SlotBudget("Predict", cfg.workers),
+            "PredictStream": SlotBudget("PredictStream", cfg.stream_slots, per_key=cfg.streams_per_peer),
+            "Explain": SlotBudget("Explain", cfg.explain_queue),
+            "other": SlotBudget("GetModelInfo/reflection/health watch", cfg.other_slots,
+                                per_key=max(1, cfg.other_slots // 2)),
+        }
+        prefix = f"/{SERVICE_NAME}/"
+
+        def rejected(method: str, why: str) -> None:
+            short = method.rsplit("/", 1)[-1]
+            self.metrics.admission_rejected.labels(short).inc()
+            self.metrics.record(short, "RESOURCE_EXHAUSTED", 0.0)
+
         interceptors = []
         if cfg.token:
             from service.auth import TokenAuthInterceptor
 
             interceptors.append(TokenAuthInterceptor(
                 cfg.token, on_reject=lambda m: self.metrics.record(m.rsplit("/", 1)[-1], "UNAUTHENTICATED", 0.0)))
+        interceptors.append(AdmissionInterceptor(
+            {prefix + "Predict": Route(self.budgets["Predict"]),
+             prefix + "PredictStream": Route(self.budgets["PredictStream"], per_peer=True),
+             prefix + "Explain": Route(self.budgets["Explain"])},
+            default=Route(self.budgets["other"], per_peer=True), on_reject=rejected))
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes),
-                   ("grpc.so_reuseport", 1 if cfg.reuse_port else 0)]
-        self._pool = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="naslung-rpc")
+                   ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
+                   # No BDP-driven window growth: a stream gets bytes only as its message is read, so a
+                   # request the memory budget has not admitted yet waits on the client, not in here.
+                   ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1 << 16)]
+        # Budgets (above) decide who is served; the pool is larger than their sum, so a health check
+        # always finds a thread. gRPC's own limit stays only as a backstop against a flood of calls.
+        self._pool = futures.ThreadPoolExecutor(max_workers=cfg.pool_threads, thread_name_prefix="naslung-rpc")
         self.server = grpc.server(self._pool, interceptors=interceptors, options=options,
-                                  maximum_concurrent_rpcs=cfg.workers)
-        handlers = _rpc_handlers(self.servicer)
+                                  maximum_concurrent_rpcs=cfg.pool_threads + 256)
+        # unary requests are read only with a receive slot: at most receive_slots messages arrive at once
+        self.receive_budget = ByteBudget(max(1, cfg.receive_slots) * cfg.max_message_bytes)
+        handlers = _rpc_handlers(self.servicer, self.bytes_budget, cfg.request_memory_factor,
+                                 receive_budget=self.receive_budget, receive_bytes=cfg.max_message_bytes,
+                                 bound_s=cfg.max_call_s)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         if hasattr(self.server, "add_registered_method_handlers"):  # grpcio >= 1.63: faster method lookup
             self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -480,7 +804,7 @@ class NoduleServer:
             creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
             port = self.server.add_secure_port(address, creds)
         else:
-            if cfg.token and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+            if cfg.token and not is_loopback(cfg.host):
                 log.warning("bearer token without TLS on %s: the token crosses the network in clear text", cfg.host)
             port = self.server.add_insecure_port(address)
         if not port:

@@ -19,6 +19,11 @@ from service.generated import nodule_service_pb2 as pb
 
 _DTYPES = {pb.DTYPE_INT16: np.dtype("<i2"), pb.DTYPE_FLOAT32: np.dtype("<f4")}
 MAX_REQUEST_ID = 256
+# Sane physical ranges. Finite is not enough: a spacing of 1e-300 mm is finite and positive, and
+# used to reach SimpleITK, whose error (with its build path) came back to the client as INTERNAL.
+MIN_SPACING_MM = 1e-3      # 1 micrometre; CT voxels are 0.1..10 mm
+MAX_SPACING_MM = 1e3       # 1 metre
+MAX_COORD_MM = 1e6         # 1 km from the scanner's origin: origin and world coordinates
 
 
 class RequestError(Exception):
@@ -71,8 +76,10 @@ def array_from_proto(a: pb.Array3D, field: str, max_voxels: int) -> np.ndarray:
     return arr
 
 
-def _vector(values, n_allowed: tuple[int, ...], field: str, *, positive: bool = False) -> tuple[float, ...] | None:
-    """A repeated double of an allowed length (0 = not given -> None), finite (and > 0 if asked)."""
+def _vector(values, n_allowed: tuple[int, ...], field: str, *, positive: bool = False,
+            max_abs: float | None = None) -> tuple[float, ...] | None:
+    """A repeated double of an allowed length (0 = not given -> None), finite; a spacing
+    (``positive``) within MIN_SPACING_MM..MAX_SPACING_MM, a coordinate within +-``max_abs``."""
     v = tuple(float(x) for x in values)
     if len(v) == 0 and 0 in n_allowed:
         return None
@@ -84,6 +91,11 @@ def _vector(values, n_allowed: tuple[int, ...], field: str, *, positive: bool = 
             raise RequestError(f"{field}[{i}] = {x} is not a finite number")
         if positive and x <= 0:
             raise RequestError(f"{field}[{i}] = {x:g} mm; spacing must be positive")
+        if positive and not MIN_SPACING_MM <= x <= MAX_SPACING_MM:
+            raise RequestError(f"{field}[{i}] = {x:g} mm; spacing must lie within {MIN_SPACING_MM:g}.."
+                               f"{MAX_SPACING_MM:g} mm")
+        if max_abs is not None and abs(x) > max_abs:
+            raise RequestError(f"{field}[{i}] = {x:g} mm; coordinates must lie within +-{max_abs:g} mm")
     return v
 
 
@@ -139,11 +151,14 @@ def crop_from_request(req: pb.PredictRequest, spec: CropSpec, limits: Limits = L
         raise RequestError(f"{p}volume.voxels is missing")
     arr = array_from_proto(v.voxels, f"{p}volume.voxels", limits.max_volume_voxels)
     spacing = _vector(v.spacing, (3,), f"{p}volume.spacing", positive=True)
-    origin = _vector(v.origin, (0, 3), f"{p}volume.origin")
+    origin = _vector(v.origin, (0, 3), f"{p}volume.origin", max_abs=MAX_COORD_MM)
     direction = _direction(v.direction, f"{p}volume.direction")
     if not req.HasField("world"):
         raise RequestError(f"{p}world is missing: a volume needs the nodule centre (x, y, z) in mm")
     w = (req.world.x, req.world.y, req.world.z)
     if not all(math.isfinite(x) for x in w):
         raise RequestError(f"{p}world ({w[0]}, {w[1]}, {w[2]}) is not finite")
+    if any(abs(x) > MAX_COORD_MM for x in w):
+        raise RequestError(f"{p}world ({w[0]:g}, {w[1]:g}, {w[2]:g}) mm; coordinates must lie within "
+                           f"+-{MAX_COORD_MM:g} mm")
     return _resample(arr, spacing, origin, direction, w, spec, f"{p}volume")

@@ -65,7 +65,8 @@ def _fmt(m, k) -> str:
 
 def _candidates(args, ds):
     """(candidates, train_pool_then_select, selection note)."""
-    from naslung.ensemble.selection import Candidate, load_search_candidates, select_pareto, select_top
+    from naslung.ensemble.selection import (Candidate, check_search_folds, load_search_candidates, select_pareto,
+                                            select_top)
     from naslung.models import get_config
     from naslung.models.config import ModelConfig
 
@@ -76,6 +77,9 @@ def _candidates(args, ds):
         return [Candidate(f"{i}-{(c := ModelConfig.from_file(p)).name or 'config'}", c, info={"config_file": p})
                 for i, p in enumerate(args.configs)], False, "given (--configs)"
     cands = load_search_candidates(args.search)
+    # Before any ranking: the search's validation fold must not be this bundle's test fold.
+    for note in check_search_folds(cands, args.fold, int(ds.folds.max()) + 1):
+        print(f"note: {note}")
     k = args.top
     if args.select == "diverse":
         pool = [cands[i] for i in select_top(cands, args.pool or 2 * k, args.metric)]

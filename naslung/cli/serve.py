@@ -59,6 +59,16 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
                    help="server processes sharing the port (SO_REUSEPORT, Linux); each loads the bundle and "
                         "batches on its own. One process tops out near 1.6k predictions/s: use 2-4 on a GPU. "
                         "With --metrics-port P, process i serves metrics on P+i")
+    lim = p.add_argument_group("fault tolerance (docs/service.md: Limits)")
+    lim.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback --host with neither TLS nor a token (refused otherwise)")
+    lim.add_argument("--stream-slots", type=int, default=16, help="concurrent PredictStream calls, all clients")
+    lim.add_argument("--streams-per-peer", type=int, default=4, help="concurrent PredictStream calls per client connection")
+    lim.add_argument("--stream-idle-s", type=float, default=30.0, help="close a stream idle this long")
+    lim.add_argument("--explain-queue", type=int, default=4, help="Explain calls admitted at once (running + waiting)")
+    lim.add_argument("--max-call-s", type=float, default=120.0, help="bound for calls that set no deadline")
+    lim.add_argument("--max-inflight-mb", type=float, default=768.0,
+                     help="memory budget for requests being processed (charged at 5x their size)")
     return p
 
 
@@ -102,6 +112,17 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("service").setLevel(logging.INFO)
     factory = functools.partial(make_predictor, args.bundle, args.random_models, args.device, args.engine,
                                 args.max_batch, args.precision, args.threads)
+    config = ServerConfig(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue, workers=args.workers, max_message_bytes=int(args.max_message_mb * 2**20),
+        max_volume_voxels=args.max_volume_voxels, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, token=read_token(args.token_file) if args.token_file else None, grace_s=args.grace_s,
+        insecure=args.insecure, stream_slots=args.stream_slots, streams_per_peer=args.streams_per_peer,
+        stream_idle_s=args.stream_idle_s, explain_queue=args.explain_queue, max_call_s=args.max_call_s,
+        max_inflight_mb=args.max_inflight_mb)
+    from service.server import check_exposure
+
+    check_exposure(config)  # before any bundle is loaded or process started
     # One process: load here, so a bad bundle fails before anything binds. Several: each child
     # loads (and verifies) its own copy, and a child that cannot stops the whole group.
     predictor = factory() if args.procs == 1 else None
@@ -110,11 +131,6 @@ def run(args: argparse.Namespace) -> int:
                  f"engine {predictor.engine} on {args.device}")
     else:
         model = f"{args.bundle or 'random models ' + args.random_models} on {args.device}, loaded per process"
-    config = ServerConfig(
-        host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue, workers=args.workers, max_message_bytes=int(args.max_message_mb * 2**20),
-        max_volume_voxels=args.max_volume_voxels, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, token=read_token(args.token_file) if args.token_file else None, grace_s=args.grace_s)
 
     def ready(server) -> None:
         scheme = "TLS" if args.tls_cert else "plaintext"

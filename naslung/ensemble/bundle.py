@@ -9,7 +9,7 @@ Layout::
 normalisation), each member's model config, metrics and the SHA-256 and size of its weight file,
 the combination rule with its weights, the training-data fingerprint, and ``content_sha256`` -- a
 hash of the manifest itself -- so that an edited config is caught as surely as an edited weight.
-Loading verifies every hash before a single tensor is read, and reads weights with safetensors:
+Loading verifies every weight file's hash on the bytes it then decodes (read once), and reads weights with safetensors:
 nothing in a bundle is ever unpickled.
 """
 from __future__ import annotations
@@ -208,10 +208,7 @@ def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict[str, A
         raise BundleError(f"{path}: rule 'weighted' without weights")
     for m in members:
         rel = str(m.get("weights_file", ""))
-        target = (root / rel).resolve()
-        if not rel or Path(rel).is_absolute() or root.resolve() not in target.parents:
-            raise BundleError(f"{path}: member {m.get('name')!r} has an invalid weights_file {rel!r} "
-                              f"(must be a relative path inside the bundle)")
+        target = _inside(root, rel, m.get("name"))
         if not target.is_file():
             raise BundleError(f"bundle {root}: weight file {rel} of member {m.get('name')!r} is missing")
         if verify:
@@ -223,16 +220,46 @@ def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict[str, A
     return manifest
 
 
-def load_member_weights(bundle_dir: str | Path, member: Mapping[str, Any], device: str = "cpu") -> dict:
-    """Tensors of one member, read with safetensors (no pickle). Call after :func:`read_manifest`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_member_weights(bundle_dir: str | Path, member: Mapping[str, Any], device: str = "cpu", *,
+                        verify: bool = True) -> dict:
+    """Tensors of one member, read with safetensors (no pickle). Call after :func:`read_manifest`.
 
-    path = Path(bundle_dir) / member["weights_file"]
+    The file is read into memory once; with ``verify`` the SHA-256 is taken of *those bytes* and the
+    tensors are decoded from the same bytes. Hashing the file and then opening it again would let a
+    file swapped in between (a concurrent copy, a hostile writer) be loaded as if it were verified.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    root = Path(bundle_dir)
+    rel = str(member.get("weights_file", ""))
+    path = _inside(root, rel, member.get("name"))
     try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise BundleError(f"bundle {bundle_dir}: cannot read {member['weights_file']}: {e}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"bundle {bundle_dir}: cannot read {rel}: {e}") from None
+    if verify:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != member.get("sha256"):
+            raise BundleError(f"bundle {root}: checksum mismatch for {rel} (member {member.get('name')!r}): "
+                              f"manifest says {member.get('sha256')}, file has {digest}; the file was modified "
+                              f"or corrupted -- refusing to load it")
+    try:
+        tensors = load_bytes(data)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"bundle {bundle_dir}: cannot read {rel}: {e}") from None
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors
+
+
+def _inside(root: Path, rel: str, name: Any) -> Path:
+    """``root / rel`` if ``rel`` is a relative path that stays inside ``root``; else BundleError."""
+    target = (root / rel).resolve()
+    if not rel or Path(rel).is_absolute() or root.resolve() not in target.parents:
+        raise BundleError(f"{root / MANIFEST}: member {name!r} has an invalid weights_file {rel!r} "
+                          f"(must be a relative path inside the bundle)")
+    return target
 
 
 def load_bundle(bundle_dir: str | Path, device: str = "cpu", *, verify: bool = True) -> "Ensemble":
@@ -241,7 +268,9 @@ def load_bundle(bundle_dir: str | Path, device: str = "cpu", *, verify: bool = T
     from naslung.models import build_model
 
     root = Path(bundle_dir)
-    manifest = read_manifest(root, verify=verify)
+    # Structure and manifest hash here; each weight file is hashed below on the very bytes it is
+    # decoded from (load_member_weights), never hashed on disk and then re-opened.
+    manifest = read_manifest(root, verify=False)
     spec = CropSpec.from_dict(manifest["crop_spec"])
     models, names, configs = [], [], []
     for m in manifest["members"]:
@@ -250,7 +279,7 @@ def load_bundle(bundle_dir: str | Path, device: str = "cpu", *, verify: bool = T
         except (TypeError, ValueError) as e:
             raise BundleError(f"bundle {root}: member {m.get('name')!r} has an invalid config: {e}") from None
         model = build_model(cfg)
-        state = load_member_weights(root, m)
+        state = load_member_weights(root, m, verify=verify)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -82,8 +82,9 @@ def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def disagreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of crops on which two members' hard decisions (p >= 0.5) differ."""
-    return float(np.mean((np.asarray(a) >= 0.5) != (np.asarray(b) >= 0.5)))
+    """Fraction of crops on which two members' hard decisions (malignant iff p > 0.5, the project's
+    one decision rule) differ."""
+    return float(np.mean((np.asarray(a) > 0.5) != (np.asarray(b) > 0.5)))
 
 
 def select_diverse(proba_pos: np.ndarray, y: np.ndarray, k: int, *, diversity: float = 0.5,
@@ -116,6 +117,56 @@ def select_diverse(proba_pos: np.ndarray, y: np.ndarray, k: int, *, diversity: f
                 best, best_score = j, score
         chosen.append(best)
     return chosen
+
+
+class SelectionOnTestFold(ValueError):
+    """Ranking these candidates by their search metric would select on the bundle's test fold."""
+
+
+def check_search_folds(cands: Sequence[Candidate], test_fold: int, n_folds: int) -> list[str]:
+    """Refuse a search whose validation fold is the bundle's test fold; return notes on weaker issues.
+
+    A search trial run with ``fold=f`` trains on the folds other than ``f`` and ``(f + 1) % k`` and
+    reports its metrics on the validation fold ``(f + 1) % k``. Ranking candidates by those metrics
+    for a bundle whose test fold is that same fold picks members by test-fold accuracy, and the
+    bundle's "held-out" numbers are then optimistic -- silently. Raises :class:`SelectionOnTestFold`
+    naming the trials; returns notes (printed by the CLI) when the test fold was one of the search's
+    training folds or when a candidate does not say which fold it used.
+    """
+    if n_folds < 3:
+        raise ValueError(f"need at least 3 folds, got {n_folds}")
+    bad, trained_on_test, unknown = [], [], []
+    for c in cands:
+        f = c.info.get("fold")
+        if f is None or isinstance(f, bool):
+            unknown.append(c.name)
+            continue
+        try:
+            f = int(f)
+        except (TypeError, ValueError):
+            unknown.append(c.name)
+            continue
+        if (f + 1) % n_folds == test_fold:
+            bad.append((c.name, f))
+        elif f != test_fold:
+            trained_on_test.append(c.name)
+    if bad:
+        folds = sorted({f for _, f in bad})
+        names = ", ".join(n for n, _ in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise SelectionOnTestFold(
+            f"the search validated {len(bad)} candidate(s) ({names}) on fold {test_fold}, which is this bundle's "
+            f"test fold (search fold {folds[0]} validates on fold ({folds[0]} + 1) % {n_folds} = {test_fold}); "
+            f"ranking them by their search metric would select members on the test fold. Build the bundle "
+            f"with --fold {folds[0]} (the search's own held-out fold), or search with a different --fold.")
+    notes = []
+    if trained_on_test:
+        notes.append(f"{len(trained_on_test)} search candidate(s) were trained on folds that include this "
+                     f"bundle's test fold {test_fold}; the architecture choice saw those crops (the retrained "
+                     f"members do not). Use --fold equal to the search's fold for a clean estimate.")
+    if unknown:
+        notes.append(f"{len(unknown)} candidate(s) do not record the fold they were searched on; cannot check "
+                     f"that their ranking metric is not on test fold {test_fold}.")
+    return notes
 
 
 # ----------------------------------------------------------------------------- search run dir

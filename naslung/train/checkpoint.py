@@ -9,6 +9,8 @@ Layout of a checkpoint directory::
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,17 @@ def save_checkpoint(directory: str | Path, model_cfg: ModelConfig, state_dict: d
     return directory
 
 
+def _inside(directory: Path, rel: Any, meta_path: Path) -> Path:
+    """The weights path named by ``checkpoint.json``: a plain relative path inside the checkpoint
+    directory (as bundles require), never an absolute path or one that climbs out with ``..``."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        raise ValueError(f"{meta_path}: weights {rel!r} must be a relative file name inside {directory}")
+    target = (directory / rel).resolve()
+    if directory.resolve() not in target.parents:
+        raise ValueError(f"{meta_path}: weights {rel!r} points outside the checkpoint directory {directory}")
+    return target
+
+
 def load_checkpoint(directory: str | Path, verify: bool = True) -> Checkpoint:
     """Read a checkpoint directory; checks the weights' SHA-256 unless ``verify=False``."""
     directory = Path(directory)
@@ -79,16 +92,20 @@ def load_checkpoint(directory: str | Path, verify: bool = True) -> Checkpoint:
         raise ValueError(f"{meta_path}: not valid JSON: {e}") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: checkpoint format {meta.get('format_version')} not supported")
-    weights = directory / meta["weights"]
+    rel = meta.get("weights")
+    weights = _inside(directory, rel, meta_path)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weight file named in {meta_path} is missing")
-    if verify and sha256_file(weights) != meta.get("weights_sha256"):
+    # Read once; hash and decode the same bytes (hashing the file and then re-opening it would
+    # load whatever was swapped in between).
+    data = weights.read_bytes()
+    if verify and hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
         raise ValueError(f"{weights}: SHA-256 does not match {meta_path} (file changed or corrupt)")
     if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_bytes
 
-        state = load_file(str(weights))
+        state = load_bytes(data)
     else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     return Checkpoint(ModelConfig.from_dict(meta["model"]), state, meta.get("metrics", {}),
                       meta.get("extra", {}), directory)

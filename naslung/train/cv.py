@@ -54,7 +54,7 @@ def cross_validate(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, folds: Se
 
     ``ds`` must carry fold ids (``naslung prepare --folds K`` or ``ds.set_folds``).
     """
-    from naslung.train.metrics import binary_metrics, confusion, json_safe, summarize
+    from naslung.train.metrics import binary_metrics, confusion, json_safe, predict_label, summarize
 
     k = int(ds.folds.max()) + 1 if len(ds) else 0
     if len(ds) == 0 or ds.folds.min() < 0:
@@ -84,7 +84,7 @@ def cross_validate(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, folds: Se
     for r in results:
         for i, p in zip(r.test_idx.tolist(), r.test_proba[:, 1].tolist()):
             predictions.append({"id": ids[i], "patient_id": pids[i], "fold": r.fold, "label": int(labels[i]),
-                                "p_malignant": p, "pred": int(p >= 0.5)})
+                                "p_malignant": p, "pred": int(predict_label(p))})
     y_all = np.array([p["label"] for p in predictions])
     p_all = np.array([p["p_malignant"] for p in predictions])
     per_fold = [{"fold": r.fold, "best_epoch": r.best_epoch, "epochs_run": len(r.history),

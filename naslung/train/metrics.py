@@ -9,7 +9,17 @@ import numpy as np
 METRIC_KEYS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
 
 
-def binary_metrics(y_true, proba_pos, threshold: float = 0.5) -> dict[str, Any]:
+DECISION_THRESHOLD = 0.5
+
+
+def predict_label(proba_pos, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
+    """Hard decisions: 1 (malignant) only when ``proba_pos > threshold`` -- strictly, so a tie is
+    benign, as argmax and ``naslung.ensemble.rules.decide``. Every place that turns a probability
+    into a label uses this one rule, so a CSV's ``pred`` column and the metrics never disagree."""
+    return (np.asarray(proba_pos, dtype=float) > threshold).astype(int)
+
+
+def binary_metrics(y_true, proba_pos, threshold: float = DECISION_THRESHOLD) -> dict[str, Any]:
     """accuracy, sensitivity (recall of class 1), specificity, F1, ROC AUC, n and the confusion.
 
     ``proba_pos`` is P(malignant); prediction is ``proba_pos > threshold`` (a tie is benign, as argmax and
@@ -22,7 +32,7 @@ def binary_metrics(y_true, proba_pos, threshold: float = 0.5) -> dict[str, Any]:
     p = np.asarray(proba_pos, dtype=float).ravel()
     if y.shape != p.shape:
         raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
-    pred = (p > threshold).astype(int)
+    pred = predict_label(p, threshold)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel().tolist()
     n = len(y)
     return {
@@ -36,7 +46,7 @@ def binary_metrics(y_true, proba_pos, threshold: float = 0.5) -> dict[str, Any]:
     }
 
 
-def confusion(y_true, proba_pos, threshold: float = 0.5) -> list[list[int]]:
+def confusion(y_true, proba_pos, threshold: float = DECISION_THRESHOLD) -> list[list[int]]:
     """2x2 confusion matrix, rows = true (benign, malignant), columns = predicted."""
     m = binary_metrics(y_true, proba_pos, threshold)
     return [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
