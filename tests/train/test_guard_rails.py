@@ -24,7 +24,7 @@ def test_cv_predictions_and_metrics_share_one_threshold(tiny_dataset, monkeypatc
     k = int(tiny_dataset.folds.max()) + 1
     ps = [0.5, 0.5000001, 0.4999999, 0.9, 0.1]
 
-    def fake_train_fold(ds, model_cfg, train_cfg, f, progress=True, data=None):
+    def fake_train_fold(ds, model_cfg, train_cfg, f, progress=True, data=None, build=None):
         from naslung.data.folds import split_fold
 
         sp = split_fold(ds.folds, f)
