@@ -60,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     facts: dict[str, str] = {"input": inp.name, "model": source}
     geometry = None
     if inp.suffix == ".npy":
-        crop = np.load(inp, allow_pickle=False)
-        if crop.shape != spec.shape:
-            raise ValueError(f"{inp}: crop has shape {crop.shape}, the model expects {spec.shape}")
+        from naslung.data.npyfile import check_crop_shape, load_npy
+
+        crop = load_npy(inp)
+        check_crop_shape(crop, spec.shape, inp)
         if args.world is not None:
             geometry = Geometry.for_crop(args.world, spec)
             facts["world (LPS mm)"] = " ".join(f"{v:.1f}" for v in args.world)
