@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                                html=not args.no_html, nifti=not args.no_nifti)
     s = expl.summary()
     print(f"prediction: {s['predicted_name']}  P(malignant) = {s['p_malignant']:.3f}"
-          f"   maps explain '{s['target_name']}'")
+          f"   attributions explain '{s['target_name']}'" + (" (CBAM attention is class-independent)"
+                                                             if any(m.method == "cbam" for m in expl.maps) else ""))
     for name, p in expl.member_proba.items():
         print(f"  member {name:<24} P(malignant) = {p[1]:.3f}  weight {expl.member_weights.get(name, 1.0):.3f}")
     print(f"{'map':<16} {'layer':<12} {'raw min':>10} {'raw max':>10}  seconds")
