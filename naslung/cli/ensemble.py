@@ -36,15 +36,15 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--rule", choices=("mean", "vote", "weighted"), default="mean",
                    help="mean probability, majority vote (the paper's), or validation-fitted weights")
     p.add_argument("--fold", type=int, default=0, help="outer fold: its test fold is held out")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=60, help="training epochs per member (most; see --patience)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW, cosine schedule)")
+    p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (0 = off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="member i trains with seed + i")
     p.add_argument("--version", default=None, help="bundle version string (default: content hash)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="bundle directory to write")
     return p
 
@@ -105,11 +105,17 @@ def _diverse_from_search(pool, ds, k: int, diversity: float, fold: int):
 
 def run(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
     from naslung.data.dataset import PreparedDataset
     from naslung.ensemble.build import build_bundle
     from naslung.train import TrainConfig
 
+    out = Path(args.out)
+    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+        # Before any training: finding this after an hour of it lost the hour.
+        raise ValueError(f"--out {out} already exists and is not empty; choose another directory or pass --force "
+                         f"to replace it")
     ds = PreparedDataset.load(args.data)
     if ds.summary()["folds"] < 3:
         raise ValueError(f"{args.data}: needs at least 3 assigned folds (naslung prepare --folds K)")

@@ -26,15 +26,15 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help="CT volume (NIfTI, .mhd, .nrrd, DICOM directory) or a .npy (S,S,S) HU crop")
     p.add_argument("--world", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
-                   help="crop centre in world LPS mm")
+                   help="crop centre in world LPS mm (default: the --mask centroid, else the volume centre)")
     p.add_argument("--mask", default=None, help="nodule mask on the volume's grid: centre on its centroid")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--methods", default="cbam,gradcam,ig,occlusion", help=METHOD_HELP)
     p.add_argument("--target", choices=("predicted", "benign", "malignant"), default="predicted",
                    help="class whose evidence the maps show")
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients integration steps")
-    p.add_argument("--occlusion-window", type=int, default=None, help="occlusion cube edge in voxels (None = crop size / 4)")
-    p.add_argument("--occlusion-stride", type=int, default=None, help="occlusion stride in voxels (None = window / 2)")
+    p.add_argument("--occlusion-window", type=int, default=None, help="occlusion cube edge in voxels (default: crop size / 4)")
+    p.add_argument("--occlusion-stride", type=int, default=None, help="occlusion stride in voxels (default: window / 2)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-png", action="store_true", help="skip PNG figures")
     p.add_argument("--no-html", action="store_true", help="skip the HTML viewer")
