@@ -61,10 +61,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.report_only:
-        from search_spaces.report import write_report
+        import sys
 
-        summary = write_report(args.out)
+        from search_spaces.report import rebuild_report
+
+        summary = rebuild_report(args.out)
         _print_summary(summary, Path(args.out))
+        if summary["succeeded"] == 0:
+            print(f"naslung search: no trial in {args.out} succeeded; see the errors in {Path(args.out) / 'trials.csv'}",
+                  file=sys.stderr)
+            return 1
         return 0
     if not args.data or not args.config:
         raise ValueError("--data and --config are required (unless --report-only)")
