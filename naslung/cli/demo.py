@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     serve_dir = out / "serve"
     n_stages = 6
     rows: list[tuple[str, str, float, str]] = []
+    serve_info: dict = {}
     t_all = time.perf_counter()
     print("NASLung demo: the whole pipeline on the embedded lidc-shapes data (real LIDC-IDRI labels and nodule\n"
           "shapes, RENDERED CT intensities). A few epochs on a CPU: the numbers below show the system\n"
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(("serve", "-", 0.0, "skipped"))
     else:
         t = time.perf_counter()
-        key = serve_and_call(bundle, serve_dir, crop_file, ds.spec, voi_dir=args.voi_dir, stage=(5, n_stages))
+        key, serve_info = serve_and_call(bundle, serve_dir, crop_file, ds.spec, voi_dir=args.voi_dir,
+                                         stage=(5, n_stages))
         rows.append(("serve", str(serve_dir), time.perf_counter() - t, key))
 
     # 6. explain one malignant crop of the held-out test fold
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     (out / DEMO_MARKER).write_text(json.dumps(
         {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "total_seconds": round(total, 1),
          "stages": [dict(stage=s, out=o, seconds=round(w, 1), key=k) for s, o, w, k in rows],
-         "evaluate": metrics}, indent=2, default=str) + "\n")
+         "evaluate": metrics, "serve": serve_info}, indent=2, default=str) + "\n")
     print(format_table(rows, total))
     print(next_steps(data, bundle, explain_dir, crop_file, search if not args.no_search else None))
     return 0
@@ -368,8 +370,10 @@ class ServerProcess:
         self.stop()
 
 
-def serve_and_call(bundle, serve_dir, crop_file, spec, *, voi_dir=None, stage=(5, 6)) -> str:
-    """Start the server, call it with the client (crop; VOI + world; maps over gRPC), stop it. Key figure out."""
+def serve_and_call(bundle, serve_dir, crop_file, spec, *, voi_dir=None, stage=(5, 6)) -> tuple[str, dict]:
+    """Start the server, call it with the client (crop; VOI + world; maps over gRPC), stop it.
+
+    Returns the summary's key figure and facts for demo.json (server pid and exit status, the VOI used)."""
     import json
     from pathlib import Path
 
@@ -398,12 +402,15 @@ def serve_and_call(bundle, serve_dir, crop_file, spec, *, voi_dir=None, stage=(5
                   + "$ naslung " + " ".join(argv), flush=True)
             _call(argv)
         rc = server.stop()
+        pid = server.proc.pid
     print(f"  server stopped (exit status {rc}); its log: {serve_dir / 'server.log'}", flush=True)
     if rc != 0:
         raise RuntimeError(f"`naslung serve` exited with status {rc}; see {serve_dir / 'server.log'}")
     p_crop = json.loads((serve_dir / "crop" / "predictions.json").read_text())[0].get("malignancy_probability", 0.0)
     p_voi = json.loads((serve_dir / "voi" / "predictions.json").read_text())[0].get("malignancy_probability", 0.0)
-    return f"P(malignant) crop {p_crop:.3f}, {voi.name} {p_voi:.3f}"
+    info = {"server_pid": pid, "server_exit_status": rc, "voi": str(voi), "world": list(world),
+            "real_voi": bool(found), "p_malignant_crop": p_crop, "p_malignant_voi": p_voi}
+    return f"P(malignant) crop {p_crop:.3f}, {voi.name} {p_voi:.3f}", info
 
 
 def format_table(rows, total: float) -> str:
