@@ -139,3 +139,21 @@ def test_crop_of_the_wrong_shape_is_refused(shape):
     check_crop_shape(np.zeros((32, 32, 32)), (32, 32, 32), "c.npy")
     with pytest.raises(NpyFileError, match="crops have shape 16x16x16"):
         check_crop_shape(np.zeros((3, 16, 16, 16)), (32, 32, 32), "c.npy", stack=True)
+
+
+def test_prepare_skips_a_cut_voi_and_its_cut_mask_with_the_reason(tmp_path, vol):
+    """prepare --source voi: a cut image or mask is skipped and reported, never cropped from zero-filled voxels."""
+    from naslung.data.prepare import prepare_dataset
+    from naslung.data.sources.base import SourceOptions
+    from naslung.data.spec import CropSpec
+    from test_voi_source import _write_voi_dir
+
+    root = tmp_path / "voi"
+    _write_voi_dir(root, vol, n_good=6)
+    _cut(root / "images" / "P01_R_3.nii.gz", 0.4)   # no mask: centred on the world coordinate
+    _cut(root / "masks" / "P02_R_4.nii.gz", 0.4)    # its mask is cut
+    ds = prepare_dataset("voi", SourceOptions(input=root, spec=CropSpec(size=16), progress=False), folds=0)
+    reasons = {s.item: s.reason for s in ds.skipped}
+    assert "is truncated" in reasons["images/P01_R_3.nii.gz"]
+    assert "P02_R_4.nii.gz: is truncated" in reasons["images/P02_R_4.nii.gz"]
+    assert len(ds) == 4 and not {"P01_R_3", "P02_R_4"} & set(ds.ids)
