@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  naslung demo --out runs/demo                      # about 4 minutes on 2 quiet CPU cores (more when busy)
-  naslung demo --out runs/demo --limit 0 --epochs 3 # all 879 crops, 3 epochs: about 3 times as long
+  naslung demo --out runs/demo                      # 400 crops, 2 epochs (README: a measured run)
+  naslung demo --out runs/demo --limit 0 --epochs 3 # all 879 crops, 3 epochs: about 3 times the training
   naslung demo --out runs/demo --no-search --epochs 2
   naslung demo --out /tmp/quick --limit 120 --epochs 1 --no-search   # seconds: a smoke test
 
@@ -33,9 +33,8 @@ STAGE_DIRS = ("data", "search", "bundle", "serve", "explain")
 # The search space the demo explores: the paper's space with widths and depth capped so that a
 # trial takes seconds per epoch on a CPU (measured: 8-12 s per epoch on 879 32^3 crops, 2 cores).
 DEMO_SPACE = {"widths": [4, 8, 16, 32], "min_blocks": 3, "max_blocks": 4}
-# The demo's size: 2 trials and 2 members of 2 epochs on 400 crops take about 4 minutes on 2 quiet
-# cores, with the whole pipeline around them (README, "What make demo prints"); the 879 crops
-# (--limit 0) take about 3 times as long.
+# The demo's size: 2 trials and 2 members of 2 epochs on 400 of the 879 crops (about 2.2x fewer
+# training steps than all crops at 3 epochs). README "What make demo prints" has a measured run.
 DEMO_LIMIT = 400
 DEMO_EPOCHS = 2
 # Used by --no-search (and fast on a CPU: about 12 s per epoch on the full demo data, 2 cores).
@@ -50,7 +49,7 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--search-trials", type=int, default=2, help="NNI trials in the search")
     p.add_argument("--members", type=int, default=2, help="K, ensemble members taken from the search")
     p.add_argument("--limit", type=int, default=DEMO_LIMIT,
-                   help="use only the first N of the 879 crops; 0 = all of them (about 3x longer)")
+                   help="use only the first N of the 879 crops; 0 = all of them")
     p.add_argument("--no-search", action="store_true",
                    help=f"skip the search; the ensemble uses the registry model '{NO_SEARCH_MODEL}' K times")
     p.add_argument("--occlusion", action="store_true", help="also compute occlusion maps (slow on a CPU)")
