@@ -33,7 +33,7 @@ STAGE_DIRS = ("data", "search", "bundle", "serve", "explain")
 # The search space the demo explores: the paper's space with widths and depth capped so that a
 # trial takes seconds per epoch on a CPU (measured: 8-12 s per epoch on 879 32^3 crops, 2 cores).
 DEMO_SPACE = {"widths": [4, 8, 16, 32], "min_blocks": 3, "max_blocks": 4}
-# The demo's size: 2 trials and 2 members of 2 epochs on 400 of the 879 crops (about 2.2x fewer
+# The demo's size: 2 trials and 2 members of 2 epochs on 400 of the 879 crops (about 3.3x fewer
 # training steps than all crops at 3 epochs). README "What make demo prints" has a measured run.
 DEMO_LIMIT = 400
 DEMO_EPOCHS = 2
