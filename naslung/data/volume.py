@@ -270,7 +270,7 @@ def check_image_file_integrity(path: str | Path) -> None:
         need = _nifti_expected_bytes(head, p)
         if need is None:
             if name.endswith((".nii", ".nii.gz")):
-                raise VolumeError(p, "is not a NIfTI file (no NIfTI-1/2 header)")
+                raise VolumeError(p, "cannot be read: it is not a NIfTI file (no NIfTI-1/2 header)")
             return
         if size < need:
             raise _short_voxels(p, size, need, "header + voxels" if magic[:2] != _GZIP_MAGIC

@@ -71,7 +71,7 @@ def test_nifti_with_fewer_voxels_than_its_header_is_refused(tmp_path, image, gz)
 def test_not_a_nifti_is_refused(tmp_path):
     p = tmp_path / "notes.nii"
     p.write_bytes(b"this is not an image" * 30)
-    with pytest.raises(VolumeError, match="notes.nii: is not a NIfTI file"):
+    with pytest.raises(VolumeError, match="notes.nii: cannot be read: it is not a NIfTI file"):
         read_image_file(p)
 
 
