@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import grpc
-    import numpy as np
     from google.protobuf.json_format import MessageToDict
 
     from service.auth import read_token
