@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all bench proto clean
+.PHONY: venv demo nni-search test test-slow test-all bench proto clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,13 @@ proto: venv
 
 demo: venv
 	$(BIN)/naslung demo --out $(DEMO_DIR)
+
+# NNI's own tool on the CPU-sized example (examples/search.yml): prepares runs/data when missing, then
+# `nnictl create` with the security warning; stop it with `.venv/bin/nnictl stop ID` (the ID it prints).
+NNI_PORT ?= 8080
+nni-search: venv
+	test -f runs/data/dataset.json || $(BIN)/naslung prepare --source lidc-shapes --no-progress --out runs/data
+	$(BIN)/python -m search_spaces.nnictl create --config examples/search.yml --port $(NNI_PORT)
 
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -26,7 +26,7 @@ from search_spaces.nni_api import (SECURITY_WARNING, check_port_free, free_port,
                                    venv_bin_first)
 from search_spaces.report import load_records, write_json_atomic, write_report
 from search_spaces.space import SpaceSpec
-from search_spaces.trial import TrialSpec
+from search_spaces.trial import PROGRESS_DIR, TrialSpec, epoch_line
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,34 @@ class _Progress(threading.Thread):
         self.seen: set[str] = {f"{r.get('seq')}_{r.get('trial_id')}" for r in load_records(run_dir)}
         self.done_before = len(self.seen)
         self.t0 = time.time()
+        self.epochs_seen: dict[str, int] = {k: len(v.get("history", [])) for k, v in self._progress().items()}
+
+    def _progress(self) -> dict[str, dict]:
+        import json
+
+        out = {}
+        for p in sorted((self.run_dir / PROGRESS_DIR).glob("*.json")):
+            try:
+                out[p.stem] = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced right now; next poll
+        return out
+
+    def poll_epochs(self) -> None:
+        """A line when a trial starts training and one per finished epoch (RUN/progress/*.json)."""
+        for key, st in self._progress().items():
+            history = st.get("history", [])
+            n_seen = self.epochs_seen.get(key)
+            label = f"      trial {st.get('seq', '?')} {st.get('arch', '?')}"
+            if n_seen is None:
+                self.printer(f"{label}: training {st.get('epochs', '?')} epoch(s)")
+                n_seen = 0
+            for h in history[n_seen:]:
+                self.printer(f"{label}  " + epoch_line(h.get("epoch", 0), st.get("epochs", 0), h))
+            self.epochs_seen[key] = len(history)
 
     def poll(self) -> None:
+        self.poll_epochs()
         for r in load_records(self.run_dir):
             key = f"{r.get('seq')}_{r.get('trial_id')}"
             if key in self.seen:
@@ -302,6 +328,7 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
         progress.stop_event.set()
         progress.join(timeout=5)
         progress.poll()
+        printer(f"experiment {exp.id} stopped: NNI's manager and its web UI (port {port}) are gone")
     wall = time.time() - t0
     if ok is None and error is None:  # NNI caught Ctrl-C / SIGTERM, stopped the experiment and returned
         printer(f"search interrupted; continue it with: naslung search ... --resume {exp.id} --out {out}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import socket
+import string
 import sys
 import warnings
 from pathlib import Path
@@ -52,6 +54,8 @@ def require_nni(modules: tuple[str, ...] = NAS_MODULES) -> ModuleType:
     # NNI prints its own (coloured) log lines through a handler on the "nni" logger; propagating them
     # to the CLI's root handler printed every line twice.
     logging.getLogger("nni").propagate = False
+    tidy_nni_output()
+    patch_manager_start()
     version = getattr(nni, "__version__", "?")
     if not any(str(version).startswith(v) for v in SUPPORTED):
         log.warning("NNI %s is untested here (written against %s)", version, ", ".join(SUPPORTED))
@@ -113,3 +117,85 @@ def patch_nas_resume() -> None:
 
     receive._naslung_patched = True  # type: ignore[attr-defined]
     TunerCommandChannel.receive = receive
+
+
+# --------------------------------------------------------------------- NNI's terminal output
+# Lines NNI logs that are wrong advice for our users: keeping a finished process alive to view the
+# UI, and stopping every experiment on the machine (other people's included).
+_DROPPED_ADVICE = ("time.sleep(FOREVER)",)
+_STOP_ALL = re.compile(r'\s*or\s+"?nnictl stop --all"?')
+
+
+class _PlainNNIFormatter(logging.Formatter):
+    """NNI's stdout lines without ANSI colours (its ``${GREEN}`` templates and level colours)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = _ANSI.sub("", string.Template(record.getMessage()).safe_substitute(_NO_COLOUR))
+        msg = _STOP_ALL.sub("", msg)
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname}: "
+        return f"[{self.formatTime(record, '%Y-%m-%d %H:%M:%S')}] nni: {level}{msg}"
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(a in record.getMessage() for a in _DROPPED_ADVICE)
+
+
+class _NoColour(dict):
+    def __missing__(self, key: str) -> str:  # ${CYAN}, ${RESET}, ... -> nothing
+        return ""
+
+
+_NO_COLOUR = _NoColour()
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def tidy_nni_output() -> None:
+    """Plain NNI log lines on the terminal: no colour codes, no advice to sleep forever or to stop --all.
+
+    NNI 3.0 writes its terminal lines through one handler (``nni.runtime.log._handlers['_stdout_']``);
+    its experiment log files are untouched. Idempotent; a no-op if NNI changes.
+    """
+    try:
+        from nni.runtime import log as nni_log
+    except ImportError:  # pragma: no cover
+        return
+    for handler in list(getattr(nni_log, "_handlers", {}).values()) + logging.getLogger("nni").handlers:
+        if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+            continue
+        if not isinstance(handler.formatter, _PlainNNIFormatter):
+            handler.setFormatter(_PlainNNIFormatter())
+        if not any(isinstance(f, _DropAdvice) for f in handler.filters):
+            handler.addFilter(_DropAdvice())
+
+
+MANAGER_START_TIMEOUT_S = 60.0
+
+
+def patch_manager_start(timeout_s: float = MANAGER_START_TIMEOUT_S) -> None:
+    """Give NNI's manager (a node.js process) ``timeout_s`` to answer instead of NNI 3.0's ~3 s.
+
+    On a loaded 2-core box node.js alone can take longer than 3 s to start, and the experiment then
+    fails with "Create experiment failed: ... Connection refused". Idempotent; a no-op if NNI changes.
+    """
+    try:
+        from nni.experiment import launcher, rest
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(launcher._check_rest_server, "_naslung_patched", False):  # noqa: SLF001
+        return
+    import time
+
+    def _check_rest_server(port: int, retry: int = 3, url_prefix: str | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                rest.get(port, "/check-status", url_prefix)
+                return
+            except Exception:  # noqa: BLE001 - not up yet; the last attempt raises NNI's own error
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    _check_rest_server._naslung_patched = True  # type: ignore[attr-defined]
+    launcher._check_rest_server = _check_rest_server  # noqa: SLF001

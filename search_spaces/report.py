@@ -139,3 +139,32 @@ def write_report(run_dir: str | Path, objective: str = "val_accuracy", top_k: in
     }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
+    """``naslung search --report-only``: the report of the trials on disk, with the run's own objective and top_k.
+
+    Raises ``FileNotFoundError`` for a missing directory and ``ValueError`` when no trial has finished
+    (no record under RUN/trials): an empty report would look like a search that found nothing.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such search run directory")
+    records = load_records(run_dir)
+    if not records:
+        running = sorted((run_dir / "progress").glob("*.json")) if (run_dir / "progress").is_dir() else []
+        raise ValueError(f"{run_dir}: no trial has finished (no record in {run_dir / 'trials'}), so there is "
+                         f"nothing to report" + (f"; {len(running)} trial(s) started training there: is the "
+                                                 f"search still running?" if running else
+                                                 "; is this the --out of a search (naslung search or "
+                                                 "nnictl with examples/search.yml)?"))
+    objective, top_k = "val_accuracy", 5
+    cfg_file = run_dir / "search_config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            objective = f"val_{(cfg.get('trial') or {}).get('objective', 'accuracy')}"
+            top_k = int(cfg.get("top_k", top_k))
+        except (ValueError, TypeError) as e:
+            log.warning("ignoring unreadable %s: %s", cfg_file, e)
+    return write_report(run_dir, objective=objective, top_k=top_k)

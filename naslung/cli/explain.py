@@ -27,15 +27,15 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help="CT volume (NIfTI, .mhd, .nrrd, DICOM directory) or a .npy (S,S,S) HU crop")
     p.add_argument("--world", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
-                   help="crop centre in world LPS mm")
+                   help="crop centre in world LPS mm (default: the --mask centroid, else the volume centre)")
     p.add_argument("--mask", default=None, help="nodule mask on the volume's grid: centre on its centroid")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--methods", default="cbam,gradcam,ig,occlusion", help=METHOD_HELP)
     p.add_argument("--target", choices=("predicted", "benign", "malignant"), default="predicted",
                    help="class whose evidence the maps show")
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients integration steps")
-    p.add_argument("--occlusion-window", type=int, default=None, help="occlusion cube edge in voxels (None = crop size / 4)")
-    p.add_argument("--occlusion-stride", type=int, default=None, help="occlusion stride in voxels (None = window / 2)")
+    p.add_argument("--occlusion-window", type=int, default=None, help="occlusion cube edge in voxels (default: crop size / 4)")
+    p.add_argument("--occlusion-stride", type=int, default=None, help="occlusion stride in voxels (default: window / 2)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-png", action="store_true", help="skip PNG figures")
     p.add_argument("--no-html", action="store_true", help="skip the HTML viewer")
@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     facts: dict[str, str] = {"input": inp.name, "model": source}
     geometry = None
     if inp.suffix == ".npy":
-        crop = np.load(inp, allow_pickle=False)
-        if crop.shape != spec.shape:
-            raise ValueError(f"{inp}: crop has shape {crop.shape}, the model expects {spec.shape}")
+        from naslung.data.npyfile import check_crop_shape, load_npy
+
+        crop = load_npy(inp)
+        check_crop_shape(crop, spec.shape, inp)
         if args.world is not None:
             geometry = Geometry.for_crop(args.world, spec)
             facts["world (LPS mm)"] = " ".join(f"{v:.1f}" for v in args.world)
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                                html=not args.no_html, nifti=not args.no_nifti)
     s = expl.summary()
     print(f"prediction: {s['predicted_name']}  P(malignant) = {s['p_malignant']:.3f}"
-          f"   maps explain '{s['target_name']}'")
+          f"   attributions explain '{s['target_name']}'" + (" (CBAM attention is class-independent)"
+                                                             if any(m.method == "cbam" for m in expl.maps) else ""))
     for name, p in expl.member_proba.items():
         print(f"  member {name:<24} P(malignant) = {p[1]:.3f}  weight {expl.member_weights.get(name, 1.0):.3f}")
     print(f"{'map':<16} {'layer':<12} {'raw min':>10} {'raw max':>10}  seconds")

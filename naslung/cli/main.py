@@ -17,7 +17,26 @@ COMMANDS = ("prepare", "train", "search", "ensemble", "evaluate", "serve", "pred
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Help ends with ``(default: X)`` unless the text already says its default, or there is none to show
+    (None, False, []): then the text itself says what happens, never a bare ``(default: None)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.default is False \
+                or action.default == [] or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    import naslung
+
+    try:
+        return metadata.version("naslung")
+    except metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return getattr(naslung, "__version__", "unknown")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  naslung train --data runs/data --model small --folds 5 --out runs/train",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"naslung {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

@@ -25,7 +25,8 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--world", nargs=3, type=float, metavar=("X", "Y", "Z"),
                    help="nodule centre in world coordinates (LPS mm) for a volume input")
     p.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"),
-                   help=".npy crops: their voxel spacing in mm (default: the model's)")
+                   help=".npy crops at another voxel spacing (mm): the server resamples them to the model's grid "
+                        "(default: none; a crop must then be on the model's grid, e.g. 32x32x32 at 1 mm)")
     p.add_argument("--id", default=None, help="request id (default: the input's file name)")
     p.add_argument("--explain", action="store_true", help="also fetch attribution maps (needs --out)")
     p.add_argument("--methods", nargs="+", default=[], help="explanation methods (default: server's)")
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import grpc
-    import numpy as np
     from google.protobuf.json_format import MessageToDict
 
     from service.auth import read_token
@@ -74,32 +74,35 @@ def run(args: argparse.Namespace) -> int:
     rid = args.id or src.name
     requests = []
     image = None
+    arr = None
     if src.suffix.lower() == ".npy":
-        arr = np.load(src, allow_pickle=False)
+        from naslung.data.npyfile import load_npy
+
+        arr = load_npy(src, mmap=True)
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4:
             raise ValueError(f"{src}: a crop .npy must be (S, S, S) or (N, S, S, S), got shape {arr.shape}")
         if args.explain and len(arr) != 1:
             raise ValueError(f"{src}: --explain takes one crop, the file holds {len(arr)}")
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise ValueError(f"{src}: crops must be numeric HU, got dtype {arr.dtype}")
-        if arr.dtype != np.int16:
-            arr = arr.astype(np.float32)
-        ids = [rid] if len(arr) == 1 else [f"{rid}[{i}]" for i in range(len(arr))]
-        requests = [NoduleClient.crop_request(a, args.spacing, i) for a, i in zip(arr, ids)]
     else:
         if args.world is None:
             raise ValueError(f"{src} is a volume: give the nodule centre with --world X Y Z (LPS mm)")
         from naslung.data.volume import read_volume
 
-        image = read_volume(src)
+        image = read_volume(src)  # refuses cut or corrupt files (naslung.data.volume.check_image_file_integrity)
         requests = [NoduleClient.image_request(image, args.world, rid)]
 
     token = read_token(args.token_file) if args.token_file else None
     out = Path(args.out) if args.out else None
     with NoduleClient(args.server, root_cert=args.tls_ca, token=token, timeout=args.timeout,
                       server_name=args.tls_server_name) as client:
+        if arr is not None:
+            try:
+                requests = _crop_requests(arr, src, rid, args.spacing, client.model_info().input_spec)
+            except grpc.RpcError as err:
+                print(f"naslung predict: server answered {err.code().name}: {err.details()}")
+                return 1
         try:
             if args.explain:
                 e = client.explain(requests[0], methods=args.methods, include_png=True, include_crop=True)
@@ -120,6 +123,37 @@ def run(args: argparse.Namespace) -> int:
             written = _write_maps(e, out, image, args.world)
             print(f"wrote {len(written)} file(s) to {out}: {', '.join(written)}")
     return 0 if all(not r.HasField("error") for r in responses) else 1
+
+
+def _crop_requests(arr, src, rid: str, spacing, input_spec) -> list:
+    """Requests for (N, S, S, S) crops; a crop not on the model's grid is refused, or resampled only when
+    its spacing is given (and then said so on stderr): never a silent resample of a wrong-shaped crop."""
+    import sys
+
+    import numpy as np
+
+    from naslung.data.npyfile import NpyFileError, check_crop_shape
+    from service.client import NoduleClient
+
+    expected = (int(input_spec.size),) * 3
+    shape = tuple(arr.shape[1:])
+    if spacing is None:
+        check_crop_shape(arr, expected, src, stack=True,
+                         hint="; a crop at another voxel spacing is resampled by the server when you give "
+                              "--spacing X Y Z")
+    else:
+        if min(shape) < 2:
+            raise NpyFileError(src, f"crop has shape {'x'.join(map(str, shape))}: not a crop")
+        print(f"naslung predict: NOTE: {src} holds {'x'.join(map(str, shape))} voxels at {spacing} mm (--spacing); "
+              f"the server resamples each crop to {'x'.join(map(str, expected))} at {input_spec.spacing_mm:g} mm "
+              f"around its centre voxel, padding with {input_spec.pad_hu:g} HU where it does not reach",
+              file=sys.stderr)
+    ids = [rid] if len(arr) == 1 else [f"{rid}[{i}]" for i in range(len(arr))]
+    out = []
+    for a, i in zip(arr, ids):
+        a = np.asarray(a)
+        out.append(NoduleClient.crop_request(a if a.dtype == np.int16 else a.astype(np.float32), spacing, i))
+    return out
 
 
 def _write_maps(e, out, image, world) -> list[str]:

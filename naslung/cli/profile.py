@@ -20,9 +20,9 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=None, help="model config JSON (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--input-size", type=int, default=None, help="crop edge (default: the config's in_size)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=1, help="crops per timed forward pass")
+    p.add_argument("--repeats", type=int, default=20, help="timed forward passes (the median is reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forward passes first")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     return p

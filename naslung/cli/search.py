@@ -40,13 +40,13 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
                                     "see examples/search_naslung.yml")
     p.add_argument("--out", required=True, help="search run directory")
     p.add_argument("--strategy", choices=("pop", "random", "evolution"), default=None,
-                   help="override strategy.name: partial-order pruning, random, regularized evolution")
-    p.add_argument("--max-trials", type=int, default=None, help="override experiment.max_trials")
-    p.add_argument("--trial-concurrency", type=int, default=None, help="trials running at once")
+                   help="partial-order pruning, random, regularized evolution (default: the config's strategy.name)")
+    p.add_argument("--max-trials", type=int, default=None, help="trials in the search (default: the config's experiment.max_trials)")
+    p.add_argument("--trial-concurrency", type=int, default=None, help="trials running at once (default: the config's experiment.trial_concurrency)")
     p.add_argument("--gpus", type=_gpus, default=None, help="GPU indices for trials, e.g. 0 or 0,1 (default: CPU)")
     p.add_argument("--trials-per-gpu", type=int, default=None,
-                   help="trials sharing one GPU (NNI maxTrialNumberPerGpu)")
-    p.add_argument("--port", type=int, default=None, help="NNI manager / web UI port (0 = any free port)")
+                   help="trials sharing one GPU, NNI maxTrialNumberPerGpu (default: the config's experiment.trials_per_gpu)")
+    p.add_argument("--port", type=int, default=None, help="NNI manager / web UI port, 0 = any free port (default: the config's experiment.port)")
     p.add_argument("--resume", metavar="EXP_ID", default=None, help="resume a stopped experiment with this id")
     p.add_argument("--hpo", metavar="MODEL", default=None,
                    help="instead of searching architectures, tune lr, batch size, margin and epochs of MODEL "
@@ -61,10 +61,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.report_only:
-        from search_spaces.report import write_report
+        import sys
 
-        summary = write_report(args.out)
+        from search_spaces.report import rebuild_report
+
+        summary = rebuild_report(args.out)
         _print_summary(summary, Path(args.out))
+        if summary["succeeded"] == 0:
+            print(f"naslung search: no trial in {args.out} succeeded; see the errors in {Path(args.out) / 'trials.csv'}",
+                  file=sys.stderr)
+            return 1
         return 0
     if not args.data or not args.config:
         raise ValueError("--data and --config are required (unless --report-only)")

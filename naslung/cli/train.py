@@ -32,12 +32,13 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
                    help="number of patient-grouped folds; re-assigned (seeded) when the dataset has another count")
     p.add_argument("--only-fold", type=int, action="append", default=None,
                    help="run only this outer fold (repeatable)")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
-    p.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs per fold (most; see --patience)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    p.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw", help="optimizer")
+    p.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
+                   help="learning-rate schedule per epoch")
     p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (0 = off)")
     p.add_argument("--select", choices=("loss", "auc", "accuracy"), default="loss",
                    help="validation score for checkpoint choice and early stopping")
@@ -47,7 +48,7 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
                    help="VOI-border guard: erode up to N voxels of field of view per face (augmentation)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for fold assignment, initialisation and batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="run directory to write")
     return p

@@ -94,11 +94,187 @@ def read_image_file(path: str | Path) -> sitk.Image:
         raise VolumeError(p, "file not found" if not p.exists() else "is not a regular file")
     if p.suffix.lower() == ".mhd":
         _check_mhd_data_file(p)
+    check_image_file_integrity(p)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as e:
         raise VolumeError(p, f"cannot be read as an image ({_first_line(e)})") from None
     return validate_image(image, p)
+
+
+# --------------------------------------------------------------------------- integrity
+# ITK reads a truncated gzip stream or a short voxel block without complaint and fills the rest
+# with zeros (a cut .nii.gz came back 73 % zeros = 0 HU, and the model answered with confidence).
+# So every image file is checked before ITK sees it: a compressed stream must decompress to its
+# end with a matching CRC, and the voxel bytes must be as many as the header's dimensions say.
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+
+
+def _gunzip_checked(p: Path, keep: int = 0) -> tuple[int, bytes]:
+    """(decompressed size, its first ``keep`` bytes); VolumeError when the stream is cut or corrupt."""
+    import gzip
+    import zlib
+
+    n, head = 0, b""
+    try:
+        with gzip.open(p, "rb") as f:
+            while True:
+                block = f.read(_CHUNK)
+                if not block:
+                    break
+                if len(head) < keep:
+                    head += block[:keep - len(head)]
+                n += len(block)
+    except EOFError:
+        raise VolumeError(p, f"is truncated: its gzip stream ends before its end marker ({p.stat().st_size} "
+                             f"bytes on disk); the file was cut short (an interrupted copy or download?)") from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise VolumeError(p, f"is corrupt and cannot be read: its gzip stream does not decompress ({e})") from None
+    return n, head
+
+
+def _nifti_expected_bytes(head: bytes, source: Path) -> int | None:
+    """vox_offset + voxel bytes from a NIfTI-1/2 header, or None when ``head`` is not a NIfTI header."""
+    import struct
+
+    if len(head) < 4:
+        return None
+    for endian in "<>":
+        (sizeof_hdr,) = struct.unpack(endian + "i", head[:4])
+        if sizeof_hdr == 348 and len(head) >= 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            (bitpix,) = struct.unpack(endian + "h", head[72:74])
+            (vox_offset,) = struct.unpack(endian + "f", head[108:112])
+            break
+        if sizeof_hdr == 540 and len(head) >= 540:
+            (bitpix,) = struct.unpack(endian + "h", head[14:16])
+            dims = struct.unpack(endian + "8q", head[16:80])
+            (vox_offset,) = struct.unpack(endian + "q", head[168:176])
+            break
+    else:
+        return None
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8:
+        raise VolumeError(source, f"has an invalid NIfTI header (dim[0] = {ndim}, bitpix = {bitpix})")
+    n_vox = 1
+    for d in dims[1:ndim + 1]:
+        if d < 0:
+            raise VolumeError(source, f"has an invalid NIfTI header (dimensions {dims[1:ndim + 1]})")
+        n_vox *= max(int(d), 1)
+    return max(int(vox_offset), sizeof_hdr) + n_vox * (bitpix // 8)
+
+
+def _short_voxels(p: Path, have: int, need: int, what: str) -> VolumeError:
+    return VolumeError(p, f"is truncated: the header promises {need} bytes of {what}, the file holds {have} "
+                          f"({100 * have / max(need, 1):.0f} %); reading it would fill the rest with zeros")
+
+
+def _mhd_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def _check_metaimage(p: Path) -> None:
+    """``.mhd`` + data file, or ``.mha`` with inline data: voxel bytes (or the zlib stream) complete."""
+    import zlib
+
+    if p.suffix.lower() == ".mha":
+        with open(p, "rb") as f:
+            header = b""
+            while True:
+                line = f.readline()
+                if not line:
+                    return  # no data line: ITK will say what is wrong
+                header += line
+                if line.split(b"=")[0].strip() == b"ElementDataFile":
+                    break
+            offset = f.tell()
+        fields = _mhd_fields(header.decode("latin-1"))
+        if fields.get("ElementDataFile", "").upper() != "LOCAL":
+            return
+        data_path, data_offset = p, offset
+    else:
+        fields = _mhd_fields(p.read_text(errors="replace"))
+        value = fields.get("ElementDataFile", "")
+        if value.upper() in ("LOCAL", "LIST") or "%" in value or not value:
+            return
+        data_path, data_offset = p.parent / value, int(fields.get("HeaderSize", "0") or 0)
+        if data_offset < 0:
+            return  # -1: "data at the end of the file"; nothing to check against
+    try:
+        dims = [int(v) for v in fields.get("DimSize", "").split()]
+        n_comp = int(fields.get("ElementNumberOfChannels", "1") or 1)
+        elem = _MET_BYTES[fields.get("ElementType", "").upper()]
+    except (ValueError, KeyError):
+        return  # an unusual header: ITK's own error is the best message
+    need = elem * n_comp
+    for d in dims:
+        need *= d
+    size = data_path.stat().st_size - data_offset
+    if fields.get("CompressedData", "False").lower() == "true":
+        d = zlib.decompressobj()
+        got = 0
+        with open(data_path, "rb") as f:
+            f.seek(data_offset)
+            try:
+                while not d.eof:
+                    block = f.read(_CHUNK)
+                    if not block:
+                        break
+                    got += len(d.decompress(block))
+            except zlib.error as e:
+                raise VolumeError(data_path, f"is corrupt and cannot be read: its zlib stream does not decompress ({e})") from None
+        if not d.eof:
+            raise VolumeError(data_path, f"is truncated: its zlib stream ends early ({got} of {need} bytes "
+                                         f"of voxels decompressed)")
+        if got < need:
+            raise _short_voxels(data_path, got, need, "voxels")
+    elif size < need:
+        raise _short_voxels(data_path, max(size, 0), need, "voxels")
+
+
+def check_image_file_integrity(path: str | Path) -> None:
+    """Refuse a cut or corrupt image file before ITK reads it (ITK would zero-fill the missing voxels).
+
+    * any gzip file (``.nii.gz``, gzip-encoded NRRD, ...): the whole stream decompresses, to its end, CRC ok;
+    * NIfTI-1/2 (plain or gzipped): the voxel bytes are at least ``vox_offset + prod(dim) * bitpix / 8``;
+    * MetaImage (``.mhd`` + data file, ``.mha``): raw voxel bytes, or the zlib stream, complete.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] == _GZIP_MAGIC:
+            size, head = _gunzip_checked(p, keep=544)
+        elif p.suffix.lower() in (".mhd", ".mha"):
+            _check_metaimage(p)
+            return
+        else:
+            size = p.stat().st_size
+            with open(p, "rb") as f:
+                head = f.read(544)
+    except OSError as e:
+        raise VolumeError(p, f"cannot be read ({e.strerror or e})") from None
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz", ".gz")):
+        need = _nifti_expected_bytes(head, p)
+        if need is None:
+            if name.endswith((".nii", ".nii.gz")):
+                raise VolumeError(p, "cannot be read: it is not a NIfTI file (no NIfTI-1/2 header)")
+            return
+        if size < need:
+            raise _short_voxels(p, size, need, "header + voxels" if magic[:2] != _GZIP_MAGIC
+                                else "header + voxels (decompressed)")
 
 
 def _check_mhd_data_file(p: Path) -> None:

@@ -151,6 +151,7 @@ def save_bundle(out_dir: str | Path, members: Sequence[BundleMember], spec: Crop
         }
         manifest["content_sha256"] = manifest_sha256(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        _chmod_like_mkdir(tmp)  # mkdtemp made it 0700; a bundle is meant to be read by a server's user
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -159,6 +160,13 @@ def save_bundle(out_dir: str | Path, members: Sequence[BundleMember], spec: Crop
         raise
     log.info("wrote bundle %s (version %s, %d members, rule %s)", out, manifest["version"], len(members), rule)
     return out
+
+
+def _chmod_like_mkdir(directory: Path) -> None:
+    """Give ``directory`` the mode a plain mkdir would (0777 minus the umask), as mkdtemp does not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
 
 
 def _naslung_version() -> str:

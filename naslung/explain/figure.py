@@ -58,6 +58,8 @@ def title_text(summary: dict[str, Any], amap: AttributionMap | None = None) -> s
     head = f"Prediction: {name}" + (f"   P(malignant) = {p:.3f}" if p is not None else "")
     if amap is None:
         return head
+    if amap.method == "cbam":  # the network's own attention: computed before the head, the same for every class
+        return f"{head}\n{amap.label}: where the network attends (independent of the class)"
     target = summary.get("target_name", str(amap.target))
     return f"{head}\n{amap.label}: evidence for '{target}'"
 

@@ -262,7 +262,7 @@ _TEMPLATE = r"""<!DOCTYPE html>
     const p = typeof s.p_malignant === "number" ? s.p_malignant : null;
     let h = "<div><div class='pred " + esc(s.predicted_name || "") + "' id='prediction'>" + esc(s.predicted_name || "?") + "</div>";
     if (p !== null) h += "<div>P(malignant) = " + p.toFixed(3) + "</div><div class='bar'><div style='width:" + (100 * p).toFixed(1) + "%'></div></div>";
-    h += "<div style='font-size:12px;color:#aaa;margin-top:4px'>maps explain class '" + esc(s.target_name || "") + "'</div></div>";
+    h += "<div style='font-size:12px;color:#aaa;margin-top:4px'>Grad-CAM / IG / occlusion explain class '" + esc(s.target_name || "") + "'; CBAM attention is the same for every class</div></div>";
     const mp = s.member_proba || {};
     if (Object.keys(mp).length) {
       h += "<table><tr><th>member</th><th>P(malignant)</th><th>weight</th></tr>";

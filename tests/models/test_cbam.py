@@ -47,3 +47,24 @@ def test_spatial_gate_hooks_see_every_attention_map():
     model(torch.rand(2, 1, 16, 16, 16))
     assert [tuple(m.shape) for m in maps] == [(2, 1, 16, 16, 16), (2, 1, 8, 8, 8), (2, 1, 4, 4, 4)]
     assert all(((m >= 0) & (m <= 1)).all() for m in maps)
+
+
+def test_original_spatial_gate_layout_change_keeps_the_maths():
+    """The 7^3 gate runs in channels-last on a CPU (speed); output and gradients equal the plain conv's."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    gate = SpatialGate(7).double()
+    x = torch.randn(2, 5, 9, 10, 11, dtype=torch.float64, requires_grad=True)
+    out = gate(x)
+    g = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, gate.conv.weight), g)
+
+    x2 = x.detach().clone().requires_grad_(True)
+    w2 = gate.conv.weight.detach().clone().requires_grad_(True)
+    desc = torch.cat([x2.amax(dim=1, keepdim=True), x2.mean(dim=1, keepdim=True)], dim=1)
+    ref = torch.sigmoid(F.conv3d(desc.contiguous(), w2, padding=3))
+    rx, rw = torch.autograd.grad(ref, (x2, w2), g)
+    assert out.shape == (2, 1, 9, 10, 11)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(gx, rx, atol=1e-10) and torch.allclose(gw, rw, atol=1e-10)

@@ -31,28 +31,74 @@ def test_gpus_flag_parses_indices():
         build_parser().parse_args(["search", "--out", "r", "--gpus", "a"])
 
 
-def test_shipped_configs_are_valid_and_agree():
-    cfg = SearchConfig.from_file(ROOT / "examples" / "search_naslung.yml")
+NNI_EXAMPLES = [("search.yml", "search_naslung_cpu.yml", 0), ("search_gpu.yml", "search_naslung.yml", 1)]
+
+
+@pytest.mark.parametrize("nni_file,search_file,gpus", NNI_EXAMPLES)
+def test_shipped_configs_are_valid_and_agree(nni_file, search_file, gpus):
+    import shlex
+
+    cfg = SearchConfig.from_file(ROOT / "examples" / search_file)
     spec = SpaceSpec.from_dict(cfg.space)
-    assert spec.widths == (4, 8, 16, 32, 64, 128) and (spec.min_blocks, spec.max_blocks) == (3, 9)
-    nni_cfg = yaml.safe_load((ROOT / "examples" / "search.yml").read_text())
-    assert "search_spaces.trial" in nni_cfg["trialCommand"]
+    nni_cfg = yaml.safe_load((ROOT / "examples" / nni_file).read_text())
+    cmd = shlex.split(nni_cfg["trialCommand"])
+    # the venv's python, not a bare `python` (that is the system one unless the venv is active: no torch)
+    assert cmd[:3] == [".venv/bin/python", "-m", "search_spaces.trial"]
+    assert cmd[cmd.index("--config") + 1] == f"examples/{search_file}"
+    assert nni_cfg["tuner"]["classArgs"]["config"] == f"examples/{search_file}"
     assert nni_cfg["tuner"]["className"] == "search_spaces.tuner.NasLungTuner"
+    assert nni_cfg["trialGpuNumber"] == gpus
     assert sorted(nni_cfg["searchSpace"]) == sorted(encoding_labels(spec))
     assert nni_cfg["searchSpace"]["b0_width"]["_value"] == list(spec.widths)
     assert nni_cfg["searchSpace"]["s0_depth"]["_value"] == list(range(1, spec.max_stage_depth + 1))
+    assert nni_cfg["maxTrialNumber"] == cfg.experiment.max_trials
+    assert "stop --all" not in (ROOT / "examples" / nni_file).read_text()
 
 
-def test_nni_config_is_accepted_by_nni():
+def test_cpu_example_searches_the_demo_space_on_the_cpu():
+    from naslung.cli.demo import DEMO_SPACE
+
+    cfg = SearchConfig.from_file(ROOT / "examples" / "search_naslung_cpu.yml")
+    assert {k: cfg.space[k] for k in DEMO_SPACE} == DEMO_SPACE
+    assert cfg.trial["device"] == "cpu" and cfg.experiment.gpus is None and cfg.experiment.trial_concurrency == 1
+
+
+@pytest.mark.parametrize("nni_file", [n for n, _, _ in NNI_EXAMPLES])
+def test_nni_config_is_accepted_by_nni(nni_file):
     pytest.importorskip("nni")
     from nni.experiment.config import ExperimentConfig
 
-    raw = yaml.safe_load((ROOT / "examples" / "search.yml").read_text())
+    raw = yaml.safe_load((ROOT / "examples" / nni_file).read_text())
     config = ExperimentConfig(**raw)
     config._base_path = ROOT / "examples"
     canon = config.canonical_copy()
     assert Path(canon.trial_code_directory).resolve() == ROOT
     assert canon.tuner.class_name == "search_spaces.tuner.NasLungTuner"
+
+
+def test_nnictl_wrapper_warns_checks_data_and_never_stops_all(tmp_path, capsys, monkeypatch):
+    import os
+
+    from search_spaces import nnictl
+
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))  # restored afterwards: main() puts the venv first
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    assert nnictl.main(["stop", "--all"]) == 2
+    assert "give the ID" in capsys.readouterr().err
+    cfg = tmp_path / "exp.yml"
+    cfg.write_text("trialCommand: .venv/bin/python -m search_spaces.trial --data missing-data --out r\n"
+                   "trialCodeDirectory: .\n")
+    with pytest.raises(SystemExit, match="missing-data, which is not a prepared dataset"):
+        nnictl.main(["create", "--config", str(cfg), "--port", "8123"])
+    called = []
+    import nni.tools.nnictl.nnictl as real
+
+    monkeypatch.setattr(real, "parse_args", lambda: called.append(__import__("sys").argv[1:]))
+    assert nnictl.main(["view", "abc", "--port", "8124"]) == 0
+    assert called == [["view", "abc", "--port", "8124"]]
+    out = capsys.readouterr().out
+    assert "listens on ALL network interfaces" in out and "port 8124" in out
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(Path(__import__("sys").executable).parent)
 
 
 def test_search_config_errors_name_the_field(tmp_path):
