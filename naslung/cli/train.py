@@ -12,8 +12,10 @@ EPILOG = """examples:
   naslung train --data runs/data --model small --folds 5 --out runs/train
   naslung train --data runs/voi --model model1 --folds 5 --epochs 80 --device cuda --out runs/voi-model1
   naslung train --data runs/data --config search/top1.json --only-fold 0 --epochs 5 --out runs/quick
+  naslung train --data runs/voi --config examples/recipes/medium-m1.json \
+      --train-config examples/recipes/lidc-voi-softaux-m1.json --device cuda --out runs/voi-recipe
 
-named models: tiny, small, model1, naslung-ref, naslung-main (see `naslung profile`)
+named models: tiny, small, model1, medium, naslung-ref, naslung-main (see `naslung profile`)
 """
 
 
@@ -26,7 +28,7 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     g.add_argument("--config", default=None, help="model config JSON (search export or checkpoint.json)")
     p.add_argument("--head", choices=("asoftmax", "softmax", "amsoftmax"), default=None,
                    help="override the config's head")
-    p.add_argument("--cbam", choices=("naslung", "original", "none"), default=None,
+    p.add_argument("--cbam", choices=("naslung", "naslung-exact", "original", "none"), default=None,
                    help="override the config's CBAM variant")
     p.add_argument("--folds", type=int, default=None,
                    help="number of patient-grouped folds; re-assigned (seeded) when the dataset has another count")
@@ -50,6 +52,14 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--seed", type=int, default=0, help="seed for fold assignment, initialisation and batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--margin", type=float, default=None,
+                   help="override the head's margin (A-Softmax m, an integer; AM-Softmax m)")
+    p.add_argument("--train-config", default=None, metavar="JSON",
+                   help="training recipe (TrainConfig JSON, e.g. examples/recipes/lidc-voi-softaux-m1.json: "
+                        "lambda schedule, reader soft labels, aux ratings, augmentation); replaces the "
+                        "training flags above, keeps --seed and --device")
+    p.add_argument("--fov-mm", default=None, metavar="X,Y,Z",
+                   help="field-of-view box for the crop spec (only if the data has none or the same)")
     p.add_argument("--out", required=True, help="run directory to write")
     return p
 
@@ -97,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
             ds.set_folds(assign_folds(ds.labels, ds.patient_ids, k=args.folds, seed=args.seed))
             print(f"assigned {args.folds} patient-grouped folds (dataset had {current})")
     cfg = resolve_config(args.config) if args.config else get_config(args.model or "small")
-    overrides = {k: v for k, v in (("head", args.head), ("cbam", args.cbam)) if v is not None}
+    if args.fov_mm:
+        from naslung.data.spec import parse_fov
+
+        ds = ds.with_field_of_view(parse_fov(args.fov_mm))
+    overrides = {k: v for k, v in (("head", args.head), ("cbam", args.cbam), ("margin", args.margin))
+                 if v is not None}
     if ds.spec.size != cfg.in_size:
         overrides["in_size"] = ds.spec.size
     if overrides:
@@ -108,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
                        select_metric=args.select, seed=args.seed, device=args.device, amp=not args.no_amp,
                        augment=not args.no_augment, augment_options=augment_options,
                        class_balanced=args.class_balanced)
+    if args.train_config:
+        import json
+        from pathlib import Path
+
+        tcfg = dataclasses.replace(TrainConfig.from_dict(json.loads(Path(args.train_config).read_text())),
+                                   seed=args.seed, device=args.device)
     s = ds.summary()
     print(f"data {args.data}: {s['n']} crops ({s['malignant']} malignant, {s['benign']} benign), "
           f"{s['patients']} patients, {s['folds']} folds; model {cfg.name or cfg.key}; "

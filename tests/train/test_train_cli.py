@@ -26,3 +26,22 @@ def test_profile_cli(tmp_path, capsys):
     assert "tiny" in capsys.readouterr().out
     rows = json.loads((tmp_path / "p.json").read_text())
     assert rows[0]["params"] > 0 and rows[0]["flops"] > 0
+
+
+def test_train_cli_takes_a_recipe_a_margin_and_a_box(tmp_path, tiny_dataset_dir, capsys):
+    import json
+
+    from naslung.cli.main import main
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"epochs": 1, "batch_size": 8, "lambda_min": 2.0, "augment_options": {"rot90_p": 1.0}}))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset_dir), "--model", "tiny", "--only-fold", "0", "--margin", "2",
+                 "--cbam", "naslung-exact", "--train-config", str(recipe), "--fov-mm", "8,8,4", "--device", "cpu",
+                 "--no-progress", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["margin"] == 2 and run["model"]["cbam"] == "naslung-exact"
+    assert run["train"]["lambda_min"] == 2.0 and run["train"]["augment_options"] == {"rot90_p": 1.0}
+    assert run["dataset"]["crop_spec"]["fov_mm"] == [8.0, 8.0, 4.0]
+    ckpt = json.loads((out / "fold_0" / "checkpoint.json").read_text())
+    assert ckpt["extra"]["lambda_final"] == 2.0 and ckpt["extra"]["asoftmax_m"] == 2
