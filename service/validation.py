@@ -142,7 +142,12 @@ def crop_from_request(req: pb.PredictRequest, spec: CropSpec, limits: Limits = L
         same_grid = spacing is None or all(abs(s - spec.spacing_mm) <= 1e-4 * spec.spacing_mm for s in spacing)
         if arr.shape == spec.shape and same_grid:
             return arr.astype(np.float32)
-        spacing = spacing or (spec.spacing_mm,) * 3
+        if spacing is None:
+            # Never guess: a crop of another shape without its spacing is most likely a mistake (a crop
+            # cut for another model), and resampling it silently would answer for the wrong tissue.
+            raise RequestError(f"{p}crop.voxels is {_shape_str(arr.shape)} but this model takes "
+                               f"{_shape_str(spec.shape)} voxels at {spec.spacing_mm:g} mm; send crop.spacing "
+                               "(x, y, z mm) to have the server resample it, or a crop on the model's grid")
         # The nodule is at the crop's centre voxel (size // 2 on each axis), as in training crops.
         centre = tuple(spacing[i] * (arr.shape[2 - i] // 2) for i in range(3))
         return _resample(arr, spacing, None, None, centre, spec, f"{p}crop")

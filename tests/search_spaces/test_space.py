@@ -17,8 +17,8 @@ SMALL = SpaceSpec(widths=(4, 8, 16), min_blocks=3, max_blocks=5, heads=("asoftma
 
 
 def test_paper_space_size_matches_enumeration_formula():
-    # sum over n=3..9 of C(n+5,5) * C(n-1,2) = 101529 width/split choices, times 3 heads x 3 CBAM variants
-    assert PAPER.count() == 101529 * 9
+    # sum over n=3..9 of C(n+5,5) * C(n-1,2) = 101529 width/split choices, times 3 heads x 4 CBAM variants
+    assert PAPER.count() == 101529 * 12
     assert SMALL.count() == sum(1 for _ in enumerate_archs(SMALL))
 
 

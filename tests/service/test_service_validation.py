@@ -125,3 +125,12 @@ def test_off_spec_crop_is_resampled_about_its_centre():
     want = crop_at_world(img, (8.0, 8.0, 8.0), SPEC)
     assert got.shape == (16, 16, 16)
     np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_crop_of_another_shape_without_spacing_is_refused_not_resampled():
+    msg = _err(_crop_req(shape=(32, 32, 30)))
+    assert "32x32x30" in msg and "16x16x16" in msg and "crop.spacing" in msg
+    assert "8x8x8" in _err(_crop_req(shape=(8, 8, 8)))
+    # with its spacing declared, the server resamples it (an explicit request)
+    out = crop_from_request(_crop_req(shape=(32, 32, 32), spacing=(0.5, 0.5, 0.5)), SPEC)
+    assert out.shape == (16, 16, 16)
