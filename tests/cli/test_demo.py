@@ -48,6 +48,7 @@ def _check_common(out, capsys_text: str) -> dict:
     return summary
 
 
+@pytest.mark.slow  # ~50 s; the journey test below covers every stage and more (make test-slow runs this)
 def test_demo_no_search(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--limit", "100", "--epochs", "1", "--no-search", "--no-serve"]) == 0
