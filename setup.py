@@ -23,6 +23,9 @@ setup(
     packages=find_packages(include=["naslung", "naslung.*", "search_spaces", "search_spaces.*", "service", "service.*"]),
     package_data={"naslung.data": ["assets/*"], "service": ["generated/*.py"]},
     install_requires=_requirements(),
+    # bench/peers.py only (MONAI's 3D ResNet-18 / DenseNet-121 as peers); never a runtime need.
+    # Install with --no-deps next to the pinned CPU torch: pip install --no-deps monai==1.6.1
+    extras_require={"bench": ["monai==1.6.1"]},
     entry_points={"console_scripts": ["naslung=naslung.cli.main:main"]},
     license="MIT",
 )
