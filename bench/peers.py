@@ -6,7 +6,7 @@ The MONAI networks are trained by NASLung's own trainer (``naslung.train.cv.seed
 the same patient-grouped folds, the same validation fold for early stopping and checkpoint choice,
 the same augmentation, epochs budget, optimiser and seeds as the CNN recipe they are compared
 with. Only the network differs: MONAI's backbone (stock, as ``monai.networks.nets`` builds it)
-feeding a plain softmax head. monai is a benchmark-only dependency (``pip install -e .[bench]``).
+feeding a plain softmax head. monai is a benchmark-only dependency: ``pip install --no-deps monai==1.6.1`` (the bench extra).
 
 Example (GPU; figures in docs/results.md)::
 
