@@ -10,7 +10,6 @@ import torch
 from naslung.data.dataset import PreparedDataset
 from naslung.data.folds import assign_folds
 from naslung.data.spec import CropSpec
-from pinned_deps import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (CI: no hidden skips)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__import__("os").environ.get("NASLUNG_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("nni")
+import nni  # noqa: F401,E402  (pinned in requirements.txt: a broken install must fail, not skip)
 
 from search_spaces.model_space import NasLungSpace  # noqa: E402  (first: imports NNI quietly)
 

@@ -65,7 +65,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.timeout(TIMEOUT + 30)
 def test_two_trial_search_end_to_end(tmp_path, tiny_dataset_dir):
-    pytest.importorskip("nni")
+    import nni  # noqa: F401  (pinned in requirements.txt: a broken install must fail, not skip)
     data, config, out = tiny_dataset_dir, _config(tmp_path), tmp_path / "run"
     cmd = [sys.executable, "-m", "naslung", "search", "--data", str(data), "--config", str(config),
            "--out", str(out)]
@@ -110,7 +110,7 @@ def test_two_trial_search_end_to_end(tmp_path, tiny_dataset_dir):
 
 
 def test_port_in_use_is_a_clear_error(tmp_path, tiny_dataset_dir, capsys):
-    pytest.importorskip("nni")
+    import nni  # noqa: F401  (pinned in requirements.txt: a broken install must fail, not skip)
     from naslung.cli.main import main
 
     data, config = tiny_dataset_dir, _config(tmp_path)
@@ -137,7 +137,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT + 30)
 def test_dead_nni_manager_is_a_clear_error_and_the_report_is_kept(tmp_path, tiny_dataset_dir):
-    pytest.importorskip("nni")
+    import nni  # noqa: F401  (pinned in requirements.txt: a broken install must fail, not skip)
     import psutil
 
     cfg = yaml.safe_load(_config(tmp_path).read_text())
