@@ -144,12 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rule == "vote" and k % 2 == 0:
         raise ValueError(f"majority vote with an even number of members ({k}) can tie; choose an odd K")
     if args.train_config:
-        import dataclasses
-        import json
-        from pathlib import Path
-
-        tcfg = dataclasses.replace(TrainConfig.from_dict(json.loads(Path(args.train_config).read_text())),
-                                   seed=args.seed, device=args.device)
+        tcfg = TrainConfig.from_file(args.train_config, seed=args.seed, device=args.device)
     else:
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                            seed=args.seed, device=args.device)

@@ -124,11 +124,7 @@ def run(args: argparse.Namespace) -> int:
                        augment=not args.no_augment, augment_options=augment_options,
                        class_balanced=args.class_balanced)
     if args.train_config:
-        import json
-        from pathlib import Path
-
-        tcfg = dataclasses.replace(TrainConfig.from_dict(json.loads(Path(args.train_config).read_text())),
-                                   seed=args.seed, device=args.device)
+        tcfg = TrainConfig.from_file(args.train_config, seed=args.seed, device=args.device)
     s = ds.summary()
     print(f"data {args.data}: {s['n']} crops ({s['malignant']} malignant, {s['benign']} benign), "
           f"{s['patients']} patients, {s['folds']} folds; model {cfg.name or cfg.key}; "

@@ -78,10 +78,9 @@ class CropSpec:
         import torch
 
         x = ((hu.float() - self.hu_min) / (self.hu_max - self.hu_min)).clamp_(0.0, 1.0)
-        mask = self.fov_mask()
-        if mask is not None:
+        if self.fov_mm is not None:
             self._check_shape(tuple(x.shape))
-            keep = torch.as_tensor(np.array(mask), device=x.device)
+            keep = _fov_box_on(self.size, self.spacing_mm, self.fov_mm, x.device)
             x = torch.where(keep, x, torch.full((), self._pad_value(), device=x.device))
         return x
 
@@ -135,3 +134,12 @@ def _fov_box(size: int, spacing_mm: float, fov_xyz_mm: tuple[float, float, float
     box = (offs[:, None, None] <= fz) & (offs[None, :, None] <= fy) & (offs[None, None, :] <= fx)
     box.setflags(write=False)
     return box
+
+
+@lru_cache(maxsize=16)
+def _fov_box_on(size: int, spacing_mm: float, fov_xyz_mm: tuple[float, float, float], device) -> "torch.Tensor":
+    """:func:`_fov_box` as a tensor on ``device``, copied there once (``normalize_torch`` runs per
+    batch on the server's path, where a host-to-device copy each time would stall the stream)."""
+    import torch
+
+    return torch.from_numpy(_fov_box(size, spacing_mm, fov_xyz_mm).copy()).to(device)

@@ -53,9 +53,3 @@ def feature_baseline(ds, values: np.ndarray, name: str) -> dict[str, Any]:
             "pooled": binary_metrics(np.concatenate(y_all), np.concatenate(p_all)),
             "missing": int(np.isnan(np.asarray(values, dtype=float)).sum()), "test_proba": proba}
 
-
-def fov_fraction(ds) -> np.ndarray | None:
-    """The manifest's ``fov_fraction`` per crop (NaN where empty), or None when the column is absent."""
-    if not all("fov_fraction" in r for r in ds.rows):
-        return None
-    return np.array([float(r["fov_fraction"]) if r["fov_fraction"] not in ("", None) else np.nan for r in ds.rows])

@@ -77,5 +77,20 @@ class TrainConfig:
         return d
 
     @classmethod
+    def from_file(cls, path: str, **overrides: Any) -> "TrainConfig":
+        """A recipe JSON (e.g. ``examples/recipes/*.json``), with run-specific ``overrides`` such as
+        ``seed`` and ``device``; a missing file or bad JSON is a clear error naming the file."""
+        import json
+        from pathlib import Path
+
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"training recipe {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"training recipe {path} is not valid JSON: {e}") from None
+        return cls.from_dict({**d, **overrides})
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         return strict_from_dict(cls, d, "train-config")

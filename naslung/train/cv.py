@@ -171,19 +171,17 @@ def seed_ensemble_cv(ds, model_cfg: ModelConfig, train_cfg: TrainConfig, seeds: 
     sums = np.zeros(n)
     sums_tta = np.zeros(n)
     single, lambdas = [], []
+    data = DeviceData.from_dataset(ds, train_cfg.resolved_device()) if tta else None
     for seed in seeds:
         cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "seed": int(seed)})
         sub = None if out is None else Path(out) / f"seed_{seed}"
         cv = cross_validate(ds, model_cfg, cfg, out=sub, progress=progress, build=build)
         single.append({"seed": int(seed), "mean": cv.metrics["mean"], "std": cv.metrics["std"],
                        "pooled": cv.metrics["pooled"]})
-        data = None
         for r in cv.folds:
             sums[r.test_idx] += r.test_proba[:, 1]
             lambdas.append(r.extra.get("lambda_final"))
-            if tta:
-                if data is None:
-                    data = DeviceData.from_dataset(ds, cfg.resolved_device())
+            if data is not None:
                 model = make(model_cfg)
                 model.load_state_dict(r.state_dict)
                 model = model.to(data.device).eval()

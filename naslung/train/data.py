@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from naslung.data.spec import CropSpec
-from naslung.train.targets import ReaderTargets
 
 
 @dataclass
@@ -20,8 +19,7 @@ class DeviceData:
     x: torch.Tensor  # (N, 1, S, S, S) float32, normalised, on device
     y: torch.Tensor  # (N,) int64 on device
     spec: CropSpec
-    readers: ReaderTargets | None = None   # reader soft labels / ratings (from the manifest), host side
-    rows: list = field(default_factory=list)  # the manifest rows, for other reader targets
+    rows: list = field(default_factory=list)  # manifest rows (reader ratings: naslung.train.targets)
 
     @classmethod
     def from_arrays(cls, crops_hu: np.ndarray, labels: np.ndarray, spec: CropSpec,
@@ -33,11 +31,10 @@ class DeviceData:
 
     @classmethod
     def from_dataset(cls, ds, device: str | torch.device = "cpu") -> "DeviceData":
-        """From a :class:`naslung.data.dataset.PreparedDataset`, with its readers' ratings when the
-        manifest has them."""
+        """From a :class:`naslung.data.dataset.PreparedDataset`, with its manifest rows (the readers'
+        ratings, when it has them)."""
         data = cls.from_arrays(ds.crops, ds.labels, ds.spec, device)
         data.rows = list(ds.rows)
-        data.readers = ReaderTargets.from_rows(ds.rows)
         return data
 
     @property

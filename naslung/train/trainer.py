@@ -343,19 +343,17 @@ def _reader_targets(data: DeviceData, cfg: TrainConfig, train_idx: np.ndarray, m
     """(soft labels (N,), standardised aux targets (N, K), aux head) on the device, each None when off."""
     if cfg.soft_labels <= 0 and cfg.aux_weight <= 0:
         return None, None, None
-    if data.readers is None:
+    from naslung.train.targets import ReaderTargets
+
+    if not data.rows:
         raise ValueError("soft_labels / aux_weight need reader ratings: build DeviceData from a prepared "
                          "dataset whose manifest has them (naslung prepare --source voi or lidc-shapes)")
+    readers = ReaderTargets.from_rows(data.rows, cfg.aux_targets)
     soft = aux = head = None
     if cfg.soft_labels > 0:
-        data.readers.require_soft(data.y.cpu().numpy())
-        soft = torch.as_tensor(data.readers.soft, device=device)
+        readers.require_soft(data.y.cpu().numpy())
+        soft = torch.as_tensor(readers.soft, device=device)
     if cfg.aux_weight > 0:
-        from naslung.train.targets import ReaderTargets
-
-        readers = data.readers
-        if tuple(readers.aux_names) != tuple(cfg.aux_targets):
-            readers = ReaderTargets.from_rows(data.rows, cfg.aux_targets)
         aux = torch.as_tensor(readers.standardized_aux(train_idx), device=device)
         if torch.isnan(aux[torch.as_tensor(train_idx, device=device)]).all():
             raise ValueError(f"aux_weight > 0 but none of the aux targets {cfg.aux_targets} is known "
