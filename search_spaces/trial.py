@@ -189,7 +189,8 @@ class _EpochReporter:
             self.nni_report({"default": h["objective"], "val_accuracy": h["val_acc"], "val_auc": h["val_auc"],
                              "train_loss": h["train_loss"], "epoch": epoch, "inner_fold": self.inner,
                              "step": h["step"], "steps": self.state["steps"], "seconds": h["seconds"],
-                             "trial_id": self.state["trial_id"], "seq": self.state["seq"]})
+                             "trial_id": self.state["trial_id"], "seq": self.state["seq"],
+                             "arch": self.state["arch"]})
 
 
 def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id: str = "STANDALONE",
