@@ -170,6 +170,11 @@ class EarlyStopping:
             if trial_id in self.stopped or trial_id not in self.history:
                 return
             try:
+                if success:
+                    # NNI's assessors record a trial's curve only while assessing it, and Medianstop
+                    # skips that before start_step (then trial_end drops the finished curve): assess
+                    # the whole curve once more, so every finished trial becomes a reference.
+                    self.assessor.assess_trial(trial_id, list(self.history[trial_id]))
                 self.assessor.trial_end(trial_id, bool(success))
             except Exception as e:  # noqa: BLE001 - bookkeeping must never kill the search
                 log.warning("assessor trial_end(%s) failed: %s", trial_id, e)

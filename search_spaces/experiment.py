@@ -171,8 +171,10 @@ class _Progress(threading.Thread):
             if n_seen is None:
                 self.printer(f"{label}: training {st.get('epochs', '?')} epoch(s)")
                 n_seen = 0
+            inner = int(st.get("inner_folds") or 1)
             for h in history[n_seen:]:
-                self.printer(f"{label}  " + epoch_line(h.get("epoch", 0), st.get("epochs", 0), h))
+                fold_note = f"[inner {int(h.get('inner_fold', 0)) + 1}/{inner}] " if inner > 1 else ""
+                self.printer(f"{label}  {fold_note}" + epoch_line(h.get("epoch", 0), st.get("epochs", 0), h))
             self.epochs_seen[key] = len(history)
 
     def poll(self) -> None:

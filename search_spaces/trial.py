@@ -48,6 +48,7 @@ class TrialSpec:
     objective: str = "accuracy"            # NNI's "default" metric: validation accuracy or AUC
     latency: dict[str, Any] = field(default_factory=lambda: {"batch_size": 1, "warmup": 5, "repeats": 20})
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"margin": 3}
+    asoftmax_margin: int | None = None     # A-Softmax m for sampled asoftmax nets (None: the head's default, 4)
     threads: int | None = None             # torch CPU threads per trial (concurrent CPU trials: 1)
 
     def __post_init__(self) -> None:
@@ -206,6 +207,8 @@ def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id
         import torch
 
         torch.set_num_threads(int(spec.threads))
+    if spec.asoftmax_margin is not None and model_cfg.head == "asoftmax":
+        model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "margin": int(spec.asoftmax_margin)})
     if spec.model_overrides:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), **spec.model_overrides})
     device = _resolve_device(spec.device)

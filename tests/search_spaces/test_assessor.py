@@ -210,3 +210,14 @@ def test_a_real_search_stops_a_trial_through_nnis_manager(tmp_path, tiny_dataset
     # NNI 3.0's local training service sets its early-stop flag only after the trial has ended, so its
     # own status reads USER_CANCELED (docs/search.md); EARLY_STOPPED would be the right word
     assert events & {"EARLY_STOPPED", "USER_CANCELED"}, events
+
+
+def test_trials_that_end_before_start_step_are_assessed_still_become_references():
+    """Medianstop records a curve only while assessing; a trial that finished without ever being
+    assessed (all its results came before start_step... or arrived at its last step) must still count."""
+    stops = []
+    es = EarlyStopping(make_assessor(AssessorOptions(name="Medianstop", start_step=3), steps=3), stop=stops.append)
+    assert _run(es, "t0", [0.9, 0.9, 0.9], steps=3) is None   # never assessed: last step is skipped
+    assert es.on_intermediate(_metric("t1", 1, 0.1, steps=4)) is False
+    assert es.on_intermediate(_metric("t1", 2, 0.1, steps=4)) is False
+    assert es.on_intermediate(_metric("t1", 3, 0.1, steps=4)) is True  # compared with t0's curve

@@ -114,3 +114,11 @@ def test_inner_fold_objective_averages_development_folds_and_reports_a_shared_st
                                  inner_folds=k), seq=6, trial_id="bad")
     with pytest.raises(ValueError, match="inner_folds must be an integer"):
         TrialSpec(data="x", inner_folds=0)
+
+
+def test_asoftmax_margin_applies_to_asoftmax_nets_only(tiny_dataset_dir, tmp_path):
+    spec = TrialSpec(data=str(tiny_dataset_dir), train=TRAIN, latency=LAT, device="cpu", asoftmax_margin=1)
+    a = run_trial(ModelConfig(stages=((4,), (4,), (8,)), in_size=16, head="asoftmax"), spec, seq=7, trial_id="m")
+    s = run_trial(ModelConfig(stages=((4,), (4,), (8,)), in_size=16, head="amsoftmax"), spec, seq=8, trial_id="n")
+    assert a["margin"] == 1 and a["model"]["margin"] == 1
+    assert s["margin"] is None  # AM-Softmax keeps its own default margin (1 would be out of its range)
