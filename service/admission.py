@@ -44,8 +44,9 @@ class SlotBudget:
             if self._n >= self.limit:
                 return f"{self.name}: {self.limit} concurrent call(s) already running (the server's limit); retry with backoff"
             if self.per_key is not None and self._by_key.get(key, 0) >= self.per_key:
-                return (f"{self.name}: this client already has {self.per_key} open call(s), the per-client limit; "
-                        f"close one or send more requests on an open stream")
+                return (f"{self.name}: this client address already has {self.per_key} open call(s) (on any "
+                        f"number of connections), the per-client limit; close one or send more requests on an "
+                        f"open stream")
             self._n += 1
             self._by_key[key] = self._by_key.get(key, 0) + 1
             return None
@@ -126,9 +127,32 @@ class ByteBudget:
             self._on_change(used)
 
 
+def peer_host(peer: str) -> str:
+    """The client's address without its port, from gRPC's ``context.peer()``.
+
+    Why not the whole peer string: it names one TCP connection (``ipv4:10.0.0.7:53122``), so a
+    client that opens one channel per call -- or 64 channels -- got a fresh per-client allowance on
+    each and the per-client caps limited nothing. Keyed by host, every connection from one address
+    shares one allowance. Caveat: clients behind one NAT or proxy share an address, hence a cap;
+    behind a load balancer that does not preserve client addresses, raise the per-client caps.
+
+    ``ipv4:1.2.3.4:5`` -> ``ipv4:1.2.3.4``; ``ipv6:[::1]:5`` -> ``ipv6:[::1]``; ``ipv6:%5B::1%5D:5``
+    (percent-encoded, as some gRPC releases write it) -> ``ipv6:[::1]``; anything else (``unix:``
+    sockets, an unknown scheme) is returned whole.
+    """
+    scheme, sep, rest = peer.partition(":")
+    if not sep or scheme not in ("ipv4", "ipv6"):
+        return peer
+    rest = rest.replace("%5B", "[").replace("%5D", "]").replace("%5b", "[").replace("%5d", "]")
+    if scheme == "ipv6" and rest.startswith("["):
+        return f"{scheme}:{rest[:rest.index(']') + 1]}" if "]" in rest else peer
+    host, colon, port = rest.rpartition(":")
+    return f"{scheme}:{host}" if colon and port.isdigit() else peer
+
+
 @dataclass(frozen=True)
 class Route:
-    """Which budget a method draws from; ``per_peer`` keys it by the caller's connection."""
+    """Which budget a method draws from; ``per_peer`` keys it by the caller's host (:func:`peer_host`)."""
 
     budget: SlotBudget
     per_peer: bool = False
@@ -136,7 +160,7 @@ class Route:
 
 def _wrap(handler: grpc.RpcMethodHandler, route: Route, on_reject: Callable[[str, str], None], method: str):
     def admit(context) -> tuple[str, Callable[[], None]]:
-        key = context.peer() if route.per_peer else ""
+        key = peer_host(context.peer()) if route.per_peer else ""
         why = route.budget.try_acquire(key)
         if why is not None:
             on_reject(method, why)

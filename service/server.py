@@ -60,7 +60,7 @@ class ServerConfig:
     max_volume_voxels: int = Limits.max_volume_voxels
     stream_window: int = 32            # crops of one PredictStream in flight at once
     stream_slots: int = 16             # concurrent PredictStream calls, all clients together
-    streams_per_peer: int = 4          # concurrent PredictStream calls of one client connection
+    streams_per_peer: int = 4          # concurrent PredictStream calls of one client address (admission.peer_host)
     stream_idle_s: float = 30.0        # a stream with no request and nothing in flight this long is closed
     explain_concurrency: int = 1       # Explain RPCs computing at once
     explain_queue: int = 4             # Explain RPCs admitted at once (computing + waiting for a slot)

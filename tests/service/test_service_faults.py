@@ -29,9 +29,32 @@ def _sample(server, name, labels=None) -> float:
     return 0.0 if v is None else v
 
 
-def _channel(port: int) -> grpc.Channel:
-    """A channel on its own TCP connection (its own peer), as a separate client would have."""
-    return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+def _channel(port: int, host: str = "127.0.0.1") -> grpc.Channel:
+    """A channel on its own TCP connection, as a separate client would have."""
+    return grpc.insecure_channel(f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _idle_requests(stop: threading.Event):
+    """A request iterator that sends nothing until ``stop`` (an idle stream)."""
+    stop.wait(30)
+    return
+    yield  # noqa: unreachable
+
+
+def _stream_call(channel: grpc.Channel):
+    return channel.stream_stream(PREFIX + "PredictStream", request_serializer=pb.PredictRequest.SerializeToString,
+                                 response_deserializer=pb.PredictResponse.FromString)
 
 
 # ------------------------------------------------------------------------------------ item 1 + 7
@@ -134,19 +157,17 @@ def test_deadline_exceeded_is_counted_as_the_client_saw_it(start_server, predict
 
 
 # -------------------------------------------------------------------------------------- item 2
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs ::1 as a second client address")
 def test_idle_stream_flood_leaves_health_and_other_clients_alone(start_server, predictor):
-    server, client = start_server(predictor, stream_idle_s=2.0, streams_per_peer=4, stream_slots=16)
+    """64 idle streams from one client address: 4 admitted, 60 refused; health, Predict, Explain and
+    model info still answer, and a client from another address (::1) still gets a stream."""
+    # "localhost" binds 127.0.0.1 and ::1 on one port: two client addresses on one box
+    server, client = start_server(predictor, host="localhost", stream_idle_s=2.0, streams_per_peer=4,
+                                  stream_slots=16)
     flood = _channel(server.port)
-    call = flood.stream_stream(PREFIX + "PredictStream", request_serializer=pb.PredictRequest.SerializeToString,
-                               response_deserializer=pb.PredictResponse.FromString)
     never = threading.Event()
-
-    def idle():
-        never.wait(30)
-        return
-        yield  # noqa: unreachable -- a request iterator that sends nothing
-
-    calls = [call(idle(), timeout=60) for _ in range(64)]
+    calls = [_stream_call(flood)(_idle_requests(never), timeout=60) for _ in range(64)]
+    other = _channel(server.port, "[::1]")
     try:
         t_end = time.monotonic() + 15
         while sum(c.done() for c in calls) < 60 and time.monotonic() < t_end:
@@ -159,7 +180,8 @@ def test_idle_stream_flood_leaves_health_and_other_clients_alone(start_server, p
         assert 0 <= client.predict(crop_request(make_crop(1)), timeout=10).malignancy_probability <= 1
         assert client.explain(crop_request(make_crop(2)), methods=["cbam"], timeout=20).maps
         assert client.model_info().api_version == "naslung.v1"
-        out = list(client.predict_stream([crop_request(make_crop(i), request_id=str(i)) for i in range(3)]))
+        out = list(_stream_call(other)(iter([crop_request(make_crop(i), request_id=str(i)) for i in range(3)]),
+                                       timeout=20))
         assert [r.request_id for r in out] == ["0", "1", "2"]
         # the four admitted idle streams are closed by the idle timeout, freeing their slots
         t_end = time.monotonic() + 20
@@ -174,6 +196,48 @@ def test_idle_stream_flood_leaves_health_and_other_clients_alone(start_server, p
         for c in calls:
             c.cancel()
         flood.close()
+        other.close()
+
+
+def test_the_stream_cap_is_per_client_address_not_per_connection(start_server, predictor):
+    """One client opening a fresh channel (TCP connection) per stream gets no more streams than
+    ``streams_per_peer`` in all; when one closes, the next is admitted."""
+    server, client = start_server(predictor, streams_per_peer=2, stream_slots=16, stream_idle_s=60)
+    stop = threading.Event()
+    channels = [_channel(server.port) for _ in range(6)]
+    calls = [_stream_call(ch)(_idle_requests(stop), timeout=60) for ch in channels]
+    try:
+        t_end = time.monotonic() + 15
+        while sum(c.done() for c in calls) < 4 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        refused = [c for c in calls if c.done()]
+        assert len(refused) == 4, f"{len(refused)} of 6 streams on 6 connections refused; want 4 (cap 2)"
+        assert all(c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "per-client limit" in c.details()
+                   for c in refused)
+        assert server.budgets["PredictStream"].in_use == 2
+        open_ = [c for c in calls if not c.done()]
+        open_[0].cancel()
+        t_end = time.monotonic() + 10
+        while server.budgets["PredictStream"].in_use != 1 and time.monotonic() < t_end:
+            time.sleep(0.02)
+        out = list(_stream_call(channels[0])(iter([crop_request(make_crop(1), request_id="again")]), timeout=20))
+        assert [r.request_id for r in out] == ["again"]
+    finally:
+        stop.set()
+        for c in calls:
+            c.cancel()
+        for ch in channels:
+            ch.close()
+
+
+def test_peer_host_drops_the_port_only():
+    from service.admission import peer_host
+
+    assert peer_host("ipv4:10.0.0.7:53122") == "ipv4:10.0.0.7"
+    assert peer_host("ipv6:[::1]:5") == peer_host("ipv6:[::1]:6") == "ipv6:[::1]"
+    assert peer_host("ipv6:%5B2001:db8::1%5D:443") == "ipv6:[2001:db8::1]"
+    assert peer_host("unix:/tmp/naslung.sock") == "unix:/tmp/naslung.sock"
+    assert peer_host("ipv4:10.0.0.7:53122") != peer_host("ipv4:10.0.0.8:53122")
 
 
 def test_explain_and_predict_have_their_own_budgets(start_server, predictor):
