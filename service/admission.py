@@ -35,21 +35,45 @@ class SlotBudget:
             raise ValueError(f"budget {name}: limits must be >= 1, got {limit} / {per_key}")
         self.name, self.limit, self.per_key = name, limit, per_key
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
         self._n = 0
         self._by_key: dict[str, int] = {}
+        self.waiting = 0  # callers blocked in acquire()
+
+    def _why_not(self, key: str) -> str | None:
+        if self._n >= self.limit:
+            return f"{self.name}: {self.limit} concurrent call(s) already running (the server's limit); retry with backoff"
+        if self.per_key is not None and self._by_key.get(key, 0) >= self.per_key:
+            return (f"{self.name}: this client address already has {self.per_key} open call(s) (on any "
+                    f"number of connections), the per-client limit; close one or send more requests on an "
+                    f"open stream")
+        return None
 
     def try_acquire(self, key: str = "") -> str | None:
         """None when admitted; else why not (for the RESOURCE_EXHAUSTED message)."""
         with self._lock:
-            if self._n >= self.limit:
-                return f"{self.name}: {self.limit} concurrent call(s) already running (the server's limit); retry with backoff"
-            if self.per_key is not None and self._by_key.get(key, 0) >= self.per_key:
-                return (f"{self.name}: this client address already has {self.per_key} open call(s) (on any "
-                        f"number of connections), the per-client limit; close one or send more requests on an "
-                        f"open stream")
-            self._n += 1
-            self._by_key[key] = self._by_key.get(key, 0) + 1
-            return None
+            why = self._why_not(key)
+            if why is None:
+                self._n += 1
+                self._by_key[key] = self._by_key.get(key, 0) + 1
+            return why
+
+    def acquire(self, key: str = "", timeout: float = 0.0) -> bool:
+        """Wait up to ``timeout`` s for a slot (woken by release, not by polling); True if taken."""
+        end = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self.waiting += 1
+            try:
+                while self._why_not(key) is not None:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._freed.wait(left)
+                self._n += 1
+                self._by_key[key] = self._by_key.get(key, 0) + 1
+                return True
+            finally:
+                self.waiting -= 1
 
     def release(self, key: str = "") -> None:
         with self._lock:
@@ -59,6 +83,7 @@ class SlotBudget:
                 self._by_key[key] = left
             else:
                 self._by_key.pop(key, None)
+            self._freed.notify_all()
 
     @property
     def in_use(self) -> int:
@@ -94,6 +119,7 @@ class ByteBudget:
             raise ValueError(f"byte budget must be >= 1, got {limit}")
         self.limit = int(limit)
         self._used = 0
+        self.peak = 0  # most bytes ever reserved at once (figures, tests)
         self._cond = threading.Condition()
         self._on_change = on_change
 
@@ -114,6 +140,7 @@ class ByteBudget:
                 self._cond.wait(left)
             self._used += n
             used = self._used
+            self.peak = max(self.peak, used)
         if self._on_change is not None:
             self._on_change(used)
         return ByteTicket(self, n)

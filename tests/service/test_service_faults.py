@@ -293,6 +293,111 @@ def test_memory_budget_refuses_requests_that_do_not_fit(start_server, predictor)
     assert server.bytes_budget.used == 0
 
 
+def _stream_answers(client, reqs, timeout=60.0) -> list:
+    return list(client.predict_stream(iter(reqs), timeout=timeout))
+
+
+def _wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond`` (server state has no event to await) until true; fail after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _big_volume_request(i: int):
+    # a 64^3 int16 volume: 512 KiB on the wire, charged 5x = 2.5 MiB
+    return volume_request(np.full((64, 64, 64), -800, np.int16), (1.0, 1.0, 1.0), (32.0, 32.0, 32.0),
+                          request_id=f"v{i}")
+
+
+BIG = dict(max_inflight_mb=3.0, max_volume_voxels=64 ** 3, max_message_bytes=4 << 20)
+
+
+def test_stream_items_wait_for_the_memory_budget_instead_of_bypassing_it(start_server, predictor):
+    """While the request memory budget is full, a stream of big volumes is not parsed (nor refused):
+    it waits, and every item is answered once there is room."""
+    server, client = start_server(predictor, **BIG)
+    hold = server.bytes_budget.try_reserve(server.bytes_budget.limit)  # e.g. a big unary upload in flight
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", _stream_answers(client, [_big_volume_request(i)
+                                                                                     for i in range(3)])))
+    t.start()
+    reads = getattr(server, "stream_reads", None)
+    # the first message has been read (its read slot is held) and waits for room -- or, before the
+    # fix, the stream has already finished with its items refused
+    _wait_for(lambda: (reads is not None and reads.in_use == 1) or not t.is_alive(), what="the stream to read")
+    assert t.is_alive(), f"stream finished while the budget was full: {[r.error.message for r in out['r']]}"
+    assert server.bytes_budget.used == server.bytes_budget.limit  # nothing charged past the limit
+    hold.release()
+    t.join(60)
+    assert [r.request_id for r in out["r"]] == ["v0", "v1", "v2"]
+    assert [r.error.message for r in out["r"] if r.HasField("error")] == []
+    assert server.bytes_budget.used == 0
+
+
+def test_concurrent_streams_of_big_volumes_stay_inside_a_small_budget(start_server, predictor):
+    """Three streams of big volumes against a budget that holds one: all answered, none refused, and
+    the charged bytes never exceed the budget."""
+    server, client = start_server(predictor, **BIG)
+    results: list = []
+
+    def one(k: int) -> None:
+        with _channel(server.port) as ch:  # its own connection, as separate clients would have
+            results.append(list(_stream_call(ch)(iter([_big_volume_request(10 * k + i) for i in range(3)]),
+                                                 timeout=60)))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    errors = [r.error.message for rs in results for r in rs if r.HasField("error")]
+    assert len(results) == 3 and sum(map(len, results)) == 9 and errors == [], errors
+    assert 0 < server.bytes_budget.peak <= server.bytes_budget.limit
+    assert server.bytes_budget.used == 0
+
+
+def test_queued_stream_crops_are_charged_until_answered(start_server, predictor):
+    slow = SlowPredictor(predictor, delay=0.3)
+    server, client = start_server(slow, max_batch=1, max_delay_ms=0)
+    crops = [crop_request(make_crop(i), request_id=str(i)) for i in range(4)]
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", _stream_answers(client, crops)))
+    t.start()
+    crop_bytes = predictor.spec.size ** 3 * 4  # float32 model-input crop
+    _wait_for(lambda: server.bytes_budget.used >= 2 * crop_bytes, what="queued crops to be charged")
+    assert server.bytes_budget.used % crop_bytes == 0  # only crops: the requests' own charge is gone
+    t.join(30)
+    assert [r.request_id for r in out["r"]] == ["0", "1", "2", "3"]
+    assert server.bytes_budget.used == 0
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs ::1 as a second client address")
+def test_an_idle_stream_cannot_hold_the_read_slot_others_wait_for(start_server, predictor):
+    """With one read slot, an idle stream holding it is closed after stream_read_hold_s once a
+    stream from another client waits for it; that stream is then served."""
+    server, client = start_server(predictor, host="localhost", stream_read_slots=1, stream_read_hold_s=1.0,
+                                  stream_idle_s=60)
+    stop = threading.Event()
+    idle_ch, other_ch = _channel(server.port), _channel(server.port, "[::1]")
+    try:
+        idle = _stream_call(idle_ch)(_idle_requests(stop), timeout=60)
+        _wait_for(lambda: server.stream_reads.in_use == 1, what="the idle stream to hold the read slot")
+        t0 = time.monotonic()
+        out = list(_stream_call(other_ch)(iter([crop_request(make_crop(1), request_id="waited")]), timeout=30))
+        assert [r.request_id for r in out] == ["waited"] and not out[0].HasField("error")
+        assert time.monotonic() - t0 < 15
+        _wait_for(idle.done, what="the idle stream to be closed")
+        assert idle.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "read slot" in idle.details()
+        assert server.stream_reads.in_use == 0
+    finally:
+        stop.set()
+        idle_ch.close()
+        other_ch.close()
+
+
 def test_byte_budget_admits_an_oversized_request_only_alone():
     from service.admission import ByteBudget
 
