@@ -690,6 +690,24 @@ class NoduleServicer:
                 return tuple(ex.METHODS)
         return ()
 
+    def _limits(self) -> pb.ServerLimits:
+        """Every limit a client can run into, so it can size its calls instead of probing for
+        RESOURCE_EXHAUSTED (fields 6+ are additions within naslung.v1)."""
+        cfg = self.config
+        cost = cfg.explain_cost
+        return pb.ServerLimits(
+            max_batch=cfg.max_batch, max_delay_ms=cfg.max_delay_ms, max_queue=cfg.max_queue,
+            max_message_bytes=cfg.max_message_bytes, max_volume_voxels=cfg.max_volume_voxels,
+            predict_slots=cfg.workers, explain_slots=cfg.explain_queue,
+            explain_concurrency=max(1, cfg.explain_concurrency), stream_slots=cfg.stream_slots,
+            streams_per_client=cfg.streams_per_peer, other_slots=cfg.other_slots, stream_idle_s=cfg.stream_idle_s,
+            stream_window=max(1, cfg.stream_window), max_call_s=cfg.max_call_s,
+            max_inflight_bytes=int(cfg.max_inflight_mb * 2**20), request_memory_factor=cfg.request_memory_factor,
+            receive_slots=max(1, cfg.receive_slots), stream_read_slots=max(1, cfg.stream_read_slots),
+            stream_read_hold_s=cfg.stream_read_hold_s, explain_ig_steps=cost.ig_steps,
+            explain_occlusion_passes=cost.occlusion_positions(self.predictor.spec.size),
+            explain_max_methods=MAX_METHODS_PER_REQUEST)
+
     def GetModelInfo(self, request, context):
         info = self.predictor.info()
         manifest = info.get("manifest") or {}
@@ -699,7 +717,6 @@ class NoduleServicer:
             members.append(pb.MemberInfo(name=str(m.get("name", "")),
                                          config_json=json.dumps(m.get("config", {}), sort_keys=True),
                                          metrics=_flatten_metrics(m.get("metrics", {}))))
-        cfg = self.config
         return pb.ModelInfo(
             model_version=self.predictor.version,
             manifest_json=json.dumps(manifest, sort_keys=True, default=str),
@@ -708,8 +725,7 @@ class NoduleServicer:
                                        hu_max=spec.hu_max, pad_hu=spec.pad_hu),
             combination_rule=str(info.get("rule", "")), threshold=float(self.predictor.threshold),
             explain_methods=list(self._known_methods() or DEFAULT_EXPLAIN_METHODS),
-            limits=pb.ServerLimits(max_batch=cfg.max_batch, max_delay_ms=cfg.max_delay_ms, max_queue=cfg.max_queue,
-                                   max_message_bytes=cfg.max_message_bytes, max_volume_voxels=cfg.max_volume_voxels),
+            limits=self._limits(),
             api_version=API_VERSION)
 
 
