@@ -475,14 +475,23 @@ class NoduleServicer:
             return False
 
         def take_read_slot() -> bool:
+            """Wait for a read slot, bounded by the stream's deadline and max_call_s; False when the
+            stream should stop reading (an over-long wait ends the stream with RESOURCE_EXHAUSTED)."""
             if gate is None:
                 return True
             state["busy"] = True  # waiting for the server: not the client's idle time
+            give_up = time.monotonic() + cfg.max_call_s
             try:
                 while context.is_active() and not stop.is_set():
-                    if stream_deadline is not None and time.monotonic() >= stream_deadline:
+                    now = time.monotonic()
+                    if stream_deadline is not None and now >= stream_deadline:
                         return False
-                    if gate.acquire(key, timeout=0.25):
+                    if now >= give_up:
+                        put(_Fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"waited {cfg.max_call_s:g} s for a stream read slot ({gate.limit} streams "
+                                  f"read at a time); retry with backoff"))
+                        return False
+                    if gate.acquire(key, timeout=min(0.25, give_up - now)):
                         return True
                 return False
             finally:
@@ -570,6 +579,8 @@ class NoduleServicer:
                     continue
                 if item is end:
                     return
+                if isinstance(item, _Fail):  # the reader gave up on the whole stream
+                    raise item
                 rid, t0, fut, fail, deadline, held = item
                 try:
                     if fut is not None:
@@ -598,7 +609,7 @@ class NoduleServicer:
                     item = window.get_nowait()
                 except queue.Empty:
                     break
-                if item is not end:
+                if item is not end and not isinstance(item, _Fail):
                     _drop(item)
 
     def _explainer(self) -> Explainer:
@@ -638,8 +649,11 @@ class NoduleServicer:
 
     def Explain(self, request, context):
         explain_crop = _explain_fn()
-        if isinstance(explain_crop, str):
-            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server ({explain_crop})")
+        if isinstance(explain_crop, str):  # why (an import error, with paths) goes to the log only
+            eid = uuid.uuid4().hex[:12]
+            log.error("Explain unavailable [error id %s, peer %s]: %s", eid, context.peer(), explain_crop)
+            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server "
+                                                       f"(error id {eid}; the server log says why)")
         deadline = _deadline(context, self.config.max_call_s)
         methods = self._explain_methods(request)
         if not request.HasField("input"):

@@ -398,6 +398,22 @@ def test_an_idle_stream_cannot_hold_the_read_slot_others_wait_for(start_server, 
         other_ch.close()
 
 
+def test_waiting_for_a_read_slot_is_bounded(start_server, predictor):
+    """A stream that cannot get a read slot within max_call_s (no deadline set) ends with
+    RESOURCE_EXHAUSTED naming the slot, and gives nothing back it did not take."""
+    server, client = start_server(predictor, stream_read_slots=1, max_call_s=1.0)
+    assert server.stream_reads.acquire("someone else", timeout=1)  # every read slot is busy
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ei:
+            list(client.predict_stream(iter([crop_request(make_crop(1))]), timeout=None))
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "read slot" in ei.value.details()
+        assert 0.9 <= time.monotonic() - t0 < 10
+        assert server.stream_reads.in_use == 1
+    finally:
+        server.stream_reads.release("someone else")
+
+
 def test_byte_budget_admits_an_oversized_request_only_alone():
     from service.admission import ByteBudget
 
@@ -448,6 +464,39 @@ def test_internal_errors_reach_the_client_as_an_id_only(start_server, predictor,
     eid = details.split("error id ")[1].split(")")[0]
     assert len(eid) == 12 and eid in caplog.text and "secret.cxx" in caplog.text and "'abc'" in caplog.text
     assert out[0].error.code == grpc.StatusCode.INTERNAL.value[0] and "secret" not in out[0].error.message
+
+
+def test_import_errors_stay_in_the_server_log(start_server, predictor, monkeypatch, caplog):
+    """A broken optional install (explanations, resampling) is reported without the import error's
+    text, which names library paths on the server."""
+    import builtins
+    import importlib
+
+    secret = "/opt/secret-build/lib/libITKCommon-5.4.so.1: cannot open shared object file"
+    real_import_module, real_import = importlib.import_module, builtins.__import__
+
+    def broken_import_module(name, *a, **kw):
+        if name.startswith("naslung.explain"):
+            raise ImportError(secret)
+        return real_import_module(name, *a, **kw)
+
+    def broken_import(name, *a, **kw):
+        if name in ("naslung.data.crop", "naslung.data.volume"):
+            raise ImportError(secret)
+        return real_import(name, *a, **kw)
+
+    server, client = start_server(predictor)
+    monkeypatch.setattr(importlib, "import_module", broken_import_module)
+    monkeypatch.setattr(builtins, "__import__", broken_import)
+    with caplog.at_level(logging.WARNING, logger="service"):
+        code, details = _code(client.explain, crop_request(make_crop(1)), methods=["cbam"], timeout=10)
+        assert code == grpc.StatusCode.UNIMPLEMENTED and "error id" in details
+        assert "/opt" not in details and "libITK" not in details, details
+        code, details = _code(client.predict_volume, np.zeros((8, 8, 8), np.int16), (1, 1, 1), (4.0, 4.0, 4.0),
+                              timeout=10)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "send a crop" in details
+        assert "/opt" not in details and "libITK" not in details, details
+    assert caplog.text.count("libITKCommon") >= 2  # the operator still sees why
 
 
 def test_unparseable_bytes_do_not_echo_the_parser(shared_server):
