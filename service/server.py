@@ -423,15 +423,19 @@ class NoduleServicer:
     def Predict(self, request, context):
         return self._predict_one(request, context, _deadline(context, self.config.max_call_s))[0]
 
-    def _admit_stream_item(self, raw: bytes, deadline: float, key: str):
+    def _admit_stream_item(self, raw: bytes, deadline: float, alive: Callable[[], bool]):
         """Charge one stream message (``len(raw) * factor``) to the request memory budget before it
-        is parsed, waiting for room up to the item's deadline: a stream is backpressured (its next
-        message is not read meanwhile), not refused, while unary calls hold the budget. Returns the
-        parsed request and its ticket, or a _Refused/_Malformed."""
+        is parsed, waiting for room up to the item's deadline (or until ``alive()`` turns false): a
+        stream is backpressured (its next message is not read meanwhile), not refused, while unary
+        calls hold the budget. Returns the parsed request and its ticket, or a _Refused/_Malformed."""
         charge = int(len(raw) * self.config.request_memory_factor)
         ticket = None
         if self.bytes_budget is not None:
-            ticket = self.bytes_budget.try_reserve(charge, timeout=max(0.0, deadline - time.monotonic()))
+            while ticket is None and alive():
+                left = deadline - time.monotonic()
+                ticket = self.bytes_budget.try_reserve(charge, timeout=max(0.0, min(0.25, left)))
+                if left <= 0:
+                    break
             if ticket is None:
                 return _Refused(len(raw), charge, self.bytes_budget), None
         request = _safe_parser(pb.PredictRequest)(raw)
@@ -513,7 +517,8 @@ class NoduleServicer:
                         deadline = t0 + cfg.max_call_s
                         if stream_deadline is not None:
                             deadline = min(deadline, stream_deadline)
-                        req, ticket = self._admit_stream_item(raw, deadline, key)
+                        req, ticket = self._admit_stream_item(
+                            raw, deadline, lambda: context.is_active() and not stop.is_set())
                         del raw
                     finally:
                         state["reading"] = False
