@@ -15,6 +15,8 @@ EPILOG = """examples:
   naslung ensemble --search runs/search --data runs/data --top 3 --select diverse --pool 6 --rule weighted --out runs/b2
   naslung ensemble --models tiny tiny tiny --data runs/data --epochs 3 --rule vote --out runs/tiny-bundle
   naslung ensemble --configs runs/search/top/1.json runs/search/top/2.json --data runs/data --out runs/b3
+  naslung ensemble --search runs/search-voi --data runs/voi5_fov --metric val_auc --top 3 --max-params 5000000 \
+      --all-data --train-config examples/recipes/lidc-voi-softaux-m1.json --out models/lidc-voi-ensemble
 """
 
 
@@ -30,6 +32,9 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--select", choices=("top", "pareto", "diverse"), default="top",
                    help="how to pick K members from the search")
     p.add_argument("--metric", default="val_accuracy", help="search record field to rank by (val_accuracy, val_auc)")
+    p.add_argument("--max-params", type=int, default=None,
+                   help="--search (top, pareto): the members' parameters together stay under this; a candidate "
+                        "that does not fit is passed over for the next best that does (default: no budget)")
     p.add_argument("--pool", type=int, default=None,
                    help="--select diverse: train this many top candidates, keep the K most useful (default 2K)")
     p.add_argument("--diversity", type=float, default=0.5, help="--select diverse: weight of disagreement")
@@ -89,7 +94,9 @@ def _candidates(args, ds):
                 f"diverse on search validation predictions (pool of {len(pool)}: {[c.name for c in pool]})"
         return pool, True, f"diverse (retrained pool of {len(pool)})"
     pick = select_pareto if args.select == "pareto" else select_top
-    return [cands[i] for i in pick(cands, k, args.metric)], False, f"{args.select} by {args.metric}"
+    chosen = [cands[i] for i in pick(cands, k, args.metric, max_params=args.max_params)]
+    budget = f" within {args.max_params:,} parameters" if args.max_params else ""
+    return chosen, False, f"{args.select} by {args.metric}{budget}"
 
 
 def _diverse_from_search(pool, ds, k: int, diversity: float, fold: int):

@@ -62,18 +62,53 @@ def _unique(order: Sequence[int], cands: Sequence[Candidate]) -> list[int]:
     return out
 
 
-def select_top(cands: Sequence[Candidate], k: int, metric: str = "val_accuracy") -> list[int]:
-    """The k best distinct architectures by ``metric``."""
-    return _unique(rank(cands, metric), cands)[:k]
+def candidate_params(c: Candidate) -> int:
+    """Parameters of a candidate: the search record's count, else counted on the built network."""
+    n = (c.metrics or {}).get("params")
+    if isinstance(n, (int, float)) and n > 0:
+        return int(n)
+    from naslung.models import build_model
+    from naslung.models.profile import count_params
+
+    return count_params(build_model(c.config), trainable_only=False)
 
 
-def select_pareto(cands: Sequence[Candidate], k: int, metric: str = "val_accuracy") -> list[int]:
+def _first_k(order: Sequence[int], cands: Sequence[Candidate], k: int, max_params: int | None) -> list[int]:
+    """The first k of ``order`` whose parameters fit in ``max_params`` together (greedy, in order).
+
+    A candidate that would push the ensemble over the budget is passed over, not the ones after it:
+    the members stay the best-ranked that fit. ``None`` = no budget.
+    """
+    if max_params is None:
+        return list(order[:k])
+    out, total = [], 0
+    for i in order:
+        n = candidate_params(cands[i])
+        if total + n <= max_params:
+            out.append(i)
+            total += n
+            if len(out) == k:
+                break
+        else:
+            log.info("skipping %s: %d parameters would take the ensemble to %d > %d", cands[i].name, n,
+                     total + n, max_params)
+    return out
+
+
+def select_top(cands: Sequence[Candidate], k: int, metric: str = "val_accuracy",
+               max_params: int | None = None) -> list[int]:
+    """The k best distinct architectures by ``metric`` (within ``max_params`` together, if given)."""
+    return _first_k(_unique(rank(cands, metric), cands), cands, k, max_params)
+
+
+def select_pareto(cands: Sequence[Candidate], k: int, metric: str = "val_accuracy",
+                  max_params: int | None = None) -> list[int]:
     """Pareto-front members first (best ``metric`` first), topped up with the best of the rest."""
     order = rank(cands, metric)
     front = _unique([i for i in order if cands[i].pareto], cands)
     if len(front) < k:
         log.info("Pareto front has %d distinct members; filling up to %d by %s", len(front), k, metric)
-    return _unique(front + [i for i in order if not cands[i].pareto], cands)[:k]
+    return _first_k(_unique(front + [i for i in order if not cands[i].pareto], cands), cands, k, max_params)
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:

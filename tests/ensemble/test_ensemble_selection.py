@@ -103,3 +103,21 @@ def test_load_search_candidates_falls_back_to_top_configs_and_errors(tmp_path):
     cands = load_search_candidates(tmp_path)
     assert [c.config.stages for c in cands] == [((8,), (16,)), ((4,), (8,))]
     assert select_top(cands, 1) == [0]
+
+
+def test_parameter_budget_passes_over_candidates_that_do_not_fit():
+    from naslung.ensemble.selection import Candidate, candidate_params, select_top
+    from naslung.models.config import ModelConfig
+
+    def cand(name, auc, params, w):
+        return Candidate(name, ModelConfig(stages=((w,), (w,), (w,)), in_size=16),
+                         {"val_auc": auc, "params": params})
+
+    cands = [cand("a", 0.90, 3_000_000, 4), cand("b", 0.89, 1_500_000, 8), cand("c", 0.88, 900_000, 16),
+             cand("d", 0.87, 400_000, 32)]
+    assert select_top(cands, 3, "val_auc") == [0, 1, 2]
+    assert select_top(cands, 3, "val_auc", max_params=5_000_000) == [0, 1, 3]   # c would make 5.4 M
+    assert select_top(cands, 3, "val_auc", max_params=1_000_000) == [2]          # only c fits (d after it: 1.3 M)
+    # without a recorded count the built network is counted
+    bare = Candidate("e", ModelConfig(stages=((4,), (4,), (8,)), in_size=16), {})
+    assert 0 < candidate_params(bare) < 100_000
