@@ -16,6 +16,8 @@ EPILOG = """examples:
   naslung search --data runs/data --config examples/search_naslung.yml --max-trials 20 \\
       --trial-concurrency 4 --gpus 0 --trials-per-gpu 4 --port 8080 --out runs/search-gpu
   naslung search --data runs/data --config examples/search_naslung.yml --resume k3x9a1bz --out runs/search
+  # real CT on a GPU: 3 inner folds per trial, 16 trials per GPU, NNI's Medianstop early stopping
+  naslung search --data runs/voi5_fov --config examples/search_lidc_voi.yml --out runs/search-voi
   naslung search --report-only --out runs/search      # rebuild CSVs, plot and top configs from disk
   naslung search --data runs/data --config examples/search_naslung.yml --hpo small --tuner TPE \
       --max-trials 20 --out runs/hpo-small                # tune lr, batch size, margin, epochs
