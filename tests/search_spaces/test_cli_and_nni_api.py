@@ -74,6 +74,8 @@ def test_nni_config_is_accepted_by_nni(nni_file):
     canon = config.canonical_copy()
     assert Path(canon.trial_code_directory).resolve() == ROOT
     assert canon.tuner.class_name == "search_spaces.tuner.NasLungTuner"
+    if nni_file == "search_gpu.yml":  # NNI's own assessor on our trials' per-epoch results
+        assert canon.assessor.name == "Medianstop" and canon.assessor.class_args["start_step"] == 10
 
 
 def test_nnictl_wrapper_warns_checks_data_and_never_stops_all(tmp_path, capsys, monkeypatch):
