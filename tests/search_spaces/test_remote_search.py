@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from test_search_e2e import _config, _env, _kill_leftovers
 
 pytestmark = pytest.mark.remote
 TIMEOUT = 300
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -106,6 +108,56 @@ def test_two_trial_search_on_an_ssh_host(sshd, tmp_path, tiny_dataset_dir):
     assert (out / "nni-experiments" / "code").is_dir()
     print(f"\n2-trial NNI search through SSH on 127.0.0.1:{sshd.port}: {wall:.1f}s wall, "
           f"{summary['trials_per_hour']} trials/hour (search only, {summary['wall_seconds']}s)")
+
+
+@pytest.mark.timeout(TIMEOUT + 60)
+def test_two_trials_through_nnictl_on_an_ssh_host(sshd, tmp_path, tiny_dataset_dir):
+    """The nnictl route: examples/search_remote.yml with its host, paths and budget pointed at this test."""
+    import nni  # noqa: F401
+
+    from search_spaces.nni_api import free_port
+
+    cfg = yaml.safe_load((ROOT / "examples" / "search_remote.yml").read_text())
+    code, out = tmp_path / "code", tmp_path / "run"
+    code.mkdir()
+    (code / "search.yml").write_text(_config(tmp_path).read_text())  # travels to the host with the code
+    cfg.update(trialCommand=f"python -m search_spaces.trial --config search.yml --data {tiny_dataset_dir} "
+                            f"--out {out}",
+               trialCodeDirectory=str(code), experimentWorkingDirectory=str(out / "nni-experiments"),
+               trialConcurrency=1, maxTrialNumber=2, nniManagerIp="127.0.0.1")
+    cfg["tuner"].update(codeDirectory=str(ROOT), classArgs={"config": str(code / "search.yml")})
+    cfg["trainingService"]["machineList"] = [{
+        "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "sshKeyFile": str(sshd.client_key),
+        "pythonPath": str(Path(sys.executable).parent)}]
+    config = tmp_path / "nni_remote.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = _env(tmp_path)
+    env["HOME"] = str(sshd.home)  # nnictl's experiment registry stays in the temporary directory
+    port = str(free_port())
+    nnictl = [sys.executable, "-m", "search_spaces.nnictl"]
+    t0 = time.time()
+    create = subprocess.run([*nnictl, "create", "--config", str(config), "--port", port], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    exp_id = None
+    try:
+        assert create.returncode == 0, create.stdout[-3000:] + create.stderr[-3000:]
+        exp_id = re.search(r"Experiment ID: (\w+)", create.stdout + create.stderr).group(1)
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and len(list((out / "trials").glob("*.json"))) < 2:
+            time.sleep(2)
+        wall = time.time() - t0
+    finally:
+        if exp_id:
+            subprocess.run([*nnictl, "stop", exp_id], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+        _kill_leftovers(str(tmp_path))
+    records = [json.loads(p.read_text()) for p in (out / "trials").glob("*.json")]
+    assert len(records) == 2, _manager_log(out)
+    assert all(r["status"] == "SUCCEEDED" for r in records), [r.get("error") for r in records]
+    report = subprocess.run([sys.executable, "-m", "naslung", "search", "--report-only", "--out", str(out)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "2 trials (2 succeeded, 0 failed)" in report.stdout, report.stdout + report.stderr
+    assert "RemoteV3" in (out / "nni-experiments" / exp_id / "log" / "nnimanager.log").read_text()
+    print(f"\n2-trial nnictl experiment through SSH: {wall:.1f}s from create to the second record")
 
 
 def test_preflight_names_the_missing_dataset_before_nni_starts(sshd, tmp_path):
