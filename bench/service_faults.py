@@ -2,6 +2,7 @@
 goodput with 200 ms deadlines on CPU. Bounded in count and time; loopback only.
 
     python bench/service_faults.py memory --volumes 12 --shape 256,512,512      # 12 max-size volumes at once
+    python bench/service_faults.py memory --volumes 6 --stream-clients 6 --per-stream 2  # half on streams
     python bench/service_faults.py deadlines --clients 16 --deadline-ms 200 --duration 20
 
 Each mode starts ``naslung serve --random-models model1`` in a child process (its memory and CPU are
@@ -99,6 +100,14 @@ def run_memory(args) -> dict:
                 except grpc.RpcError as e:
                     codes.append(e.code().name)
 
+        def streamed(i: int) -> None:  # the same volumes on PredictStream (one stream per client)
+            with NoduleClient(f"127.0.0.1:{port}", timeout=args.timeout) as c:
+                try:
+                    for r in c.predict_stream(iter([req] * args.per_stream)):
+                        codes.append("OK" if not r.HasField("error") else f"stream item error {r.error.code}")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+
         small: list[str] = []
 
         def crops() -> None:  # small requests keep coming while the volumes arrive
@@ -116,6 +125,7 @@ def run_memory(args) -> dict:
         t0 = time.monotonic()
         for r in range(args.rounds):
             ths = [threading.Thread(target=one, args=(i,)) for i in range(args.volumes)]
+            ths += [threading.Thread(target=streamed, args=(i,)) for i in range(args.stream_clients)]
             for t in ths:
                 t.start()
             for t in ths:
@@ -125,7 +135,8 @@ def run_memory(args) -> dict:
         cth.join(30)
         time.sleep(0.2)
         return {"mode": "memory", "shape_zyx": [z, y, x], "volume_mib": vol.nbytes / 2**20,
-                "concurrent": args.volumes, "rounds": args.rounds, "codes": {c: codes.count(c) for c in set(codes)},
+                "concurrent": args.volumes, "stream_clients": args.stream_clients, "per_stream": args.per_stream,
+                "rounds": args.rounds, "codes": {c: codes.count(c) for c in set(codes)},
                 "small_crop_codes": {c: small.count(c) for c in set(small)}, "seconds": round(wall, 1),
                 "server_idle_rss_mib": round(idle_kb / 1024), "server_peak_rss_mib_sampled": round(peak[0] / 1024),
                 "server_vmhwm_mib": round(_status_kb(proc.pid, "VmHWM") / 1024)}
@@ -186,6 +197,9 @@ def main() -> None:
     ap.add_argument("--pythonpath", default=None, help="run the server from this checkout")
     ap.add_argument("--volumes", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--stream-clients", type=int, default=0,
+                    help="memory: this many more clients send the volume on PredictStream")
+    ap.add_argument("--per-stream", type=int, default=2, help="memory: volumes per stream")
     ap.add_argument("--shape", default="256,512,512", help="z,y,x of each volume (int16)")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--clients", type=int, default=16)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from search_spaces.assessor import AssessorOptions, EarlyStopping, StoppedTrial, make_assessor
 from search_spaces.nni_api import (SECURITY_WARNING, check_port_free, free_port, patch_nas_resume, require_nni,
                                    venv_bin_first)
 from search_spaces.report import load_records, write_json_atomic, write_report
@@ -67,6 +68,7 @@ class SearchConfig:
     strategy: StrategyOptions = field(default_factory=StrategyOptions)
     trial: dict[str, Any] = field(default_factory=dict)        # TrialSpec fields except data/out
     experiment: ExperimentOptions = field(default_factory=ExperimentOptions)
+    assessor: AssessorOptions = field(default_factory=AssessorOptions)    # early stopping (off by default)
     top_k: int = 5
 
     @classmethod
@@ -86,7 +88,7 @@ class SearchConfig:
 
         cfg = cls(space=dict(d.get("space") or {}), strategy=section(StrategyOptions, "strategy"),
                   trial=dict(d.get("trial") or {}), experiment=section(ExperimentOptions, "experiment"),
-                  top_k=int(d.get("top_k", 5)))
+                  assessor=section(AssessorOptions, "assessor"), top_k=int(d.get("top_k", 5)))
         SpaceSpec.from_dict(cfg.space)  # validate early, with the field names in the message
         if cfg.strategy.candidate_latency not in ("measure", "bound"):
             raise ValueError("strategy.candidate_latency must be 'measure' or 'bound'")
@@ -178,8 +180,10 @@ class _Progress(threading.Thread):
             if n_seen is None:
                 self.printer(f"{label}: training {st.get('epochs', '?')} epoch(s)")
                 n_seen = 0
+            inner = int(st.get("inner_folds") or 1)
             for h in history[n_seen:]:
-                self.printer(f"{label}  " + epoch_line(h.get("epoch", 0), st.get("epochs", 0), h))
+                fold_note = f"[inner {int(h.get('inner_fold', 0)) + 1}/{inner}] " if inner > 1 else ""
+                self.printer(f"{label}  {fold_note}" + epoch_line(h.get("epoch", 0), st.get("epochs", 0), h))
             self.epochs_seen[key] = len(history)
 
     def poll(self) -> None:
@@ -193,6 +197,12 @@ class _Progress(threading.Thread):
             rate = (len(self.seen) - self.done_before) / hours
             acc, auc, lat = r.get("val_accuracy"), r.get("val_auc"), r.get("latency_ms")
             fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"  # noqa: E731
+            if r.get("status") == "EARLY_STOPPED":
+                self.printer(f"[{len(self.seen):>3}/{self.total}] EARLY_STOPPED {r.get('arch', '?'):<40} at step "
+                             f"{r.get('stopped_at_step')}/{r.get('steps_planned')}, objective "
+                             f"{fmt(r.get('objective_at_stop'), '%.3f')} (saves ~"
+                             f"{fmt(r.get('seconds_saved_est'), '%.0f')} s)  {rate:.1f} trials/h")
+                continue
             self.printer(f"[{len(self.seen):>3}/{self.total}] {r.get('status', '?'):<9} {r.get('arch', '?'):<40} "
                          f"val acc {fmt(acc, '%.3f')} auc {fmt(auc, '%.3f')} lat {fmt(lat, '%.2f')} ms "
                          f"({fmt(r.get('trial_seconds'), '%.0f')} s)  {rate:.1f} trials/h")
@@ -263,6 +273,8 @@ def build_experiment(cfg: SearchConfig, data: str | Path, out: str | Path, exp_i
                                  sample_size=st.sample_size, mutation_prob=st.mutation_prob)
     else:
         strategy = make_strategy(st.name, seed=st.seed)
+    if cfg.assessor.enabled:
+        strategy.early_stopping = _early_stopping(cfg.assessor, trial, out)
     evaluator = FunctionalEvaluator(evaluate_model, **asdict(trial))
     ex = cfg.experiment
     hosts = load_hosts(ex.hosts) if ex.hosts else None
@@ -281,6 +293,20 @@ def build_experiment(cfg: SearchConfig, data: str | Path, out: str | Path, exp_i
                                hosts=hosts, manager_ip=ex.manager_ip)
     exp = NasExperiment(NasLungSpace(space=space.to_dict()), evaluator, strategy, config, id=exp_id)
     return exp, strategy, space
+
+
+def _early_stopping(opts: AssessorOptions, trial: TrialSpec, out: Path) -> EarlyStopping:
+    """NNI's assessor on the trials' intermediate results; a stopped trial's record goes to RUN/trials/."""
+    from naslung.train.config import TrainConfig
+
+    steps = int(trial.inner_folds) * int(TrainConfig.from_dict(trial.train).epochs)
+
+    def keep_record(stopped: StoppedTrial) -> None:
+        path = out / "trials" / f"{int(stopped.seq or 0):05d}_{stopped.trial_id}.json"
+        if not path.exists():  # the trial may have finished and written its own record meanwhile
+            write_json_atomic(path, stopped.record())
+
+    return EarlyStopping(make_assessor(opts, steps=steps), on_stopped=keep_record)
 
 
 def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: str | None = None,
@@ -307,7 +333,9 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     printer(f"experiment {exp.id}: web UI http://localhost:{port}  (logs: {out / 'nni-experiments' / exp.id})")
     printer(f"strategy {cfg.strategy.name}, {ex.max_trials} trials, concurrency {ex.trial_concurrency}, "
             + (f"remote hosts {', '.join(h.address for h in hosts)}" if hosts else
-               f"gpus {ex.gpus or 'none (CPU)'}" + (f", {ex.trials_per_gpu} per GPU" if ex.gpus else "")))
+               f"gpus {ex.gpus or 'none (CPU)'}" + (f", {ex.trials_per_gpu} per GPU" if ex.gpus else ""))
+            + (f", early stopping {cfg.assessor.name} from step {cfg.assessor.start_step}"
+               if cfg.assessor.enabled else ""))
     progress = _Progress(out, ex.max_trials, printer)
     if resume:
         printer(f"resuming {exp.id}: {progress.done_before} trial records already in {out / 'trials'}; NNI "
@@ -358,7 +386,9 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     summary.update(experiment_id=exp.id, port=port, strategy=cfg.strategy.name, wall_seconds=round(wall, 2),
                    trials_this_run=new_trials,
                    trials_per_hour=round(new_trials / (wall / 3600), 2) if wall > 0 else None,
-                   pruned=len(pruned), interrupted=ok is None and error is None,
+                   pruned=len(pruned), assessor=cfg.assessor.name,
+                   # pop learns from finished trials' metrics: how many reached it (0 = it searched blind)
+                   strategy_results_seen=len(strategy.trained) if hasattr(strategy, "trained") else None, interrupted=ok is None and error is None,
                    error=str(error) if error else None)
     write_json_atomic(out / "summary.json", summary)
     if error is not None:

@@ -119,6 +119,25 @@ def patch_nas_resume() -> None:
     TunerCommandChannel.receive = receive
 
 
+def early_stop_trial(engine, trial_id: str) -> None:
+    """Stop NNI trial ``trial_id`` as NNI's assessor dispatcher does (status ``EARLY_STOPPED``).
+
+    NNI 3.0's NAS engine (``TrainingServiceExecutionEngine``) talks to the manager over the tuner
+    command channel but exposes no way to kill a trial; the manager accepts the same ``KillTrialJob``
+    command its HPO dispatcher sends (``nni.runtime.msg_dispatcher``) and marks the trial early
+    stopped. Raises ``RuntimeError`` when the engine has no such channel (another NNI version).
+    """
+    from nni.common.serializer import dump
+    from nni.runtime.tuner_command_channel.command_type import CommandType
+
+    channel = getattr(engine, "_channel", None)
+    send = getattr(channel, "_send", None)
+    if send is None:
+        raise RuntimeError(f"cannot stop trial {trial_id}: {type(engine).__name__} has no tuner command channel "
+                           f"(NNI {getattr(require_nni(('nni',)), '__version__', '?')}; NNI 3.0 is pinned)")
+    send(CommandType.KillTrialJob, dump(str(trial_id)))
+
+
 # --------------------------------------------------------------------- NNI's terminal output
 # Lines NNI logs that are wrong advice for our users: keeping a finished process alive to view the
 # UI, and stopping every experiment on the machine (other people's included).

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 TRIAL_COLUMNS = ("seq", "trial_id", "status", "arch", "stages", "n_blocks", "head", "cbam", "val_accuracy",
                  "val_auc", "val_sensitivity", "val_specificity", "val_f1", "val_n", "params", "flops",
                  "latency_ms", "latency_device", "lr", "batch_size", "epochs", "margin", "epochs_run", "train_seconds",
-                 "trial_seconds", "device")
+                 "trial_seconds", "device", "inner_folds", "steps_planned", "stopped_at_step", "objective_at_stop",
+                 "seconds_saved_est")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -128,10 +129,13 @@ def write_report(run_dir: str | Path, objective: str = "val_accuracy", top_k: in
         cfg = ModelConfig.from_dict({**r["model"], "name": f"search-top{rank}"})
         # The plain ModelConfig JSON: `naslung train --config top/1.json` and `naslung ensemble --configs` accept it.
         (top_dir / f"{rank}.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    early = [r for r in records if r.get("status") == "EARLY_STOPPED"]
     summary = {
         "trials": len(records),
         "succeeded": len(ok),
-        "failed": len(records) - len(ok),
+        "early_stopped": len(early),
+        "failed": len(records) - len(ok) - len(early),
+        **early_stop_savings(records),
         "pareto": len(front),
         "top": len(ranked),
         "objective": objective,
@@ -139,6 +143,19 @@ def write_report(run_dir: str | Path, objective: str = "val_accuracy", top_k: in
     }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def early_stop_savings(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Training seconds the assessor saved: each stopped trial's unrun steps at its own seconds per step.
+
+    Set against the training seconds every trial actually spent, so the report can say what share of
+    the search's GPU time early stopping avoided (an estimate: a stopped trial might have been
+    stopped by the trainer's own patience later anyway; search trials run with patience 0).
+    """
+    saved = sum(float(r.get("seconds_saved_est") or 0.0) for r in records if r.get("status") == "EARLY_STOPPED")
+    spent = sum(float(r.get("train_seconds") or 0.0) for r in records)
+    return {"train_seconds_spent": round(spent, 1), "early_stop_seconds_saved_est": round(saved, 1),
+            "early_stop_saved_fraction_est": round(saved / (saved + spent), 4) if saved + spent > 0 else None}
 
 
 def rebuild_report(run_dir: str | Path) -> dict[str, Any]:

@@ -48,10 +48,42 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
 
 
 class _Sampling:
-    """Shared helpers: uniform valid samples, repair, and freezing through the executable space."""
+    """Shared helpers: uniform valid samples, repair, freezing through the executable space, and the
+    optional early stopping (:class:`search_spaces.assessor.EarlyStopping`, set by the experiment
+    before it starts) listening to the engine while the strategy runs."""
 
     _spec: SpaceSpec | None = None
     _rng: np.random.Generator
+    early_stopping: Any = None
+
+    def _initialize(self, model_space, engine):
+        model_space = super()._initialize(model_space, engine)  # type: ignore[misc]
+        engine.register_model_event_callback(ModelEventType.TrainingEnd, self._release)
+        if self.early_stopping is not None:
+            self.early_stopping.attach(engine)
+        return model_space
+
+    def _submit(self, model) -> None:
+        """Submit ``model`` and keep it alive until its training ends.
+
+        NNI 3.0's engine holds submitted models only weakly once the manager has them and drops
+        every metric or end event whose model was garbage-collected ("strategy must have thrown
+        the model away"); a strategy that listens to those events must hold on to its models.
+        """
+        if not hasattr(self, "_in_flight"):
+            self._in_flight: dict[int, Any] = {}
+        self._in_flight[id(model)] = model
+        self.engine.submit_models(model)  # type: ignore[attr-defined]
+
+    def _release(self, event: ModelEvent) -> None:
+        getattr(self, "_in_flight", {}).pop(id(event.model), None)
+
+    def _cleanup(self) -> None:
+        # Early stopping and the references to in-flight models stay with the engine after the
+        # strategy's run ends: NNI still runs the last submitted trials ("Waiting for models
+        # submitted to engine to finish"), and those too may need stopping. The engine goes with
+        # the experiment.
+        super()._cleanup()  # type: ignore[misc]
 
     @property
     def spec(self) -> SpaceSpec:
@@ -90,7 +122,7 @@ class NasLungRandom(_Sampling, Strategy):
                 log.info("no unseen architecture after %d draws; the space is exhausted", self.max_retries)
                 return
             log.info("random: %s", arch.key)
-            self.engine.submit_models(self._freeze(arch))
+            self._submit(self._freeze(arch))
 
     def state_dict(self) -> dict:
         return {"seen": sorted(self._seen), "rng": _rng_state(self._rng)}
@@ -188,11 +220,13 @@ class PartialOrderPruning(_Sampling, Strategy):
         return "" if s is None else f"trained={len(s.trained)}, pruned={len(s.pruned)}, pareto={len(s.front_keys)}"
 
     def _initialize(self, model_space, engine):
+        model_space = super()._initialize(model_space, engine)
         engine.register_model_event_callback(ModelEventType.FinalMetric, self._on_final_metric)
         return model_space
 
     def _cleanup(self) -> None:
         self.engine.unregister_model_event_callback(ModelEventType.FinalMetric, self._on_final_metric)
+        super()._cleanup()
 
     def _on_final_metric(self, event: ModelEvent) -> None:
         metric = getattr(event, "metric", None)
@@ -209,7 +243,7 @@ class PartialOrderPruning(_Sampling, Strategy):
                 log.info("no candidate left to train (converged, pruned or exhausted)")
                 return
             log.info("partial-order: submitting %s", arch.key)
-            self.engine.submit_models(self._freeze(arch))
+            self._submit(self._freeze(arch))
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()

@@ -41,17 +41,21 @@ class TrialSpec:
 
     data: str
     out: str | None = None                 # run dir: the record goes to out/trials/
-    fold: int = 0                          # outer fold: train on the rest, validate on fold+1, never test
+    fold: int = 0                          # outer fold: its test fold is never trained on nor evaluated
+    inner_folds: int = 1                   # validation folds the objective averages (1 = fold+1 only)
     train: dict[str, Any] = field(default_factory=dict)   # TrainConfig fields
     device: str = "auto"
     objective: str = "accuracy"            # NNI's "default" metric: validation accuracy or AUC
     latency: dict[str, Any] = field(default_factory=lambda: {"batch_size": 1, "warmup": 5, "repeats": 20})
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"margin": 3}
+    asoftmax_margin: int | None = None     # A-Softmax m for sampled asoftmax nets (None: the head's default, 4)
     threads: int | None = None             # torch CPU threads per trial (concurrent CPU trials: 1)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if isinstance(self.inner_folds, bool) or not isinstance(self.inner_folds, int) or self.inner_folds < 1:
+            raise ValueError(f"trial.inner_folds must be an integer >= 1, got {self.inner_folds!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialSpec":
@@ -141,13 +145,25 @@ def epoch_line(epoch: int, epochs: int, rec: Mapping[str, Any]) -> str:
 
 
 class _EpochReporter:
-    """Per epoch: a line on the trial's stdout, RUN/progress/<seq>_<id>.json, and NNI's intermediate result."""
+    """Per epoch: a line on the trial's stdout, RUN/progress/<seq>_<id>.json, and NNI's intermediate result.
+
+    With several inner folds the steps run on: fold ``i``'s epoch ``e`` is step ``i * epochs + e``.
+    The value sent to NNI at each step is the objective as it stands: the finished inner folds'
+    final values and the running fold's current value, averaged. All trials of a search share the
+    schedule, so step ``s`` means the same thing in every trial -- which is what an early-stopping
+    rule comparing trials step by step (:mod:`search_spaces.assessor`) needs. Every intermediate
+    result carries the trial's id and sequence number: the assessor, in the experiment process,
+    learns from them which NNI trial to stop, on any training service.
+    """
 
     def __init__(self, spec: TrialSpec, model_cfg: ModelConfig, epochs: int, seq: int, trial_id: str,
                  nni_report: Callable[[dict[str, Any]], None] | None) -> None:
         self.spec, self.epochs, self.nni_report = spec, epochs, nni_report
+        self.key = "val_acc" if spec.objective == "accuracy" else "val_auc"
         self.state = {"seq": int(seq), "trial_id": str(trial_id), "arch": model_cfg.key, "epochs": epochs,
+                      "inner_folds": int(spec.inner_folds), "steps": int(spec.inner_folds) * int(epochs),
                       "started": time.time(), "history": []}
+        self.inner, self.finished = 0, []   # running inner fold; objective of the finished ones
         self.path = Path(spec.out) / PROGRESS_DIR / f"{int(seq):05d}_{trial_id}.json" if spec.out else None
         self._write()
 
@@ -155,30 +171,44 @@ class _EpochReporter:
         if self.path is not None:
             write_json_atomic(self.path, self.state)
 
+    def next_fold(self, finished_value: float | None) -> None:
+        """The running inner fold ended with objective ``finished_value``; the next one starts."""
+        self.finished.append(finished_value if finished_value is not None else 0.0)
+        self.inner += 1
+
     def __call__(self, rec: dict[str, Any]) -> None:
-        h = {"epoch": int(rec.get("epoch", len(self.state["history"]) + 1)),
+        epoch = int(rec.get("epoch", 0))
+        h = {"epoch": epoch, "inner_fold": self.inner, "step": self.inner * self.epochs + epoch,
              **{k: _num(rec.get(k)) for k in ("train_loss", "val_loss", "val_acc", "val_auc", "seconds")}}
+        current = h[self.key] if h[self.key] is not None else 0.0
+        h["objective"] = (sum(self.finished) + current) / (len(self.finished) + 1)
         self.state["history"].append(h)
         self._write()
-        print(f"{self.state['arch']}  " + epoch_line(h["epoch"], self.epochs, h), flush=True)
+        fold_note = f"[inner {self.inner + 1}/{self.spec.inner_folds}] " if self.spec.inner_folds > 1 else ""
+        print(f"{self.state['arch']}  {fold_note}" + epoch_line(epoch, self.epochs, h), flush=True)
         if self.nni_report is not None:
-            key = "val_acc" if self.spec.objective == "accuracy" else "val_auc"
-            self.nni_report({"default": h[key] if h[key] is not None else 0.0, "val_accuracy": h["val_acc"],
-                             "val_auc": h["val_auc"], "train_loss": h["train_loss"], "epoch": h["epoch"]})
+            self.nni_report({"default": h["objective"], "val_accuracy": h["val_acc"], "val_auc": h["val_auc"],
+                             "train_loss": h["train_loss"], "epoch": epoch, "inner_fold": self.inner,
+                             "step": h["step"], "steps": self.state["steps"], "seconds": h["seconds"],
+                             "trial_id": self.state["trial_id"], "seq": self.state["seq"],
+                             "arch": self.state["arch"]})
 
 
 def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id: str = "STANDALONE",
               nni_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``model_cfg`` on ``spec.fold``, return (and write) the trial record."""
     from naslung.models.profile import profile_model
-    from naslung.train import train_fold
+    from naslung.data.folds import inner_splits
     from naslung.train.config import TrainConfig
+    from naslung.train.trainer import train_on_split
 
     t_start = time.perf_counter()
     if spec.threads:
         import torch
 
         torch.set_num_threads(int(spec.threads))
+    if spec.asoftmax_margin is not None and model_cfg.head == "asoftmax":
+        model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "margin": int(spec.asoftmax_margin)})
     if spec.model_overrides:
         model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), **spec.model_overrides})
     device = _resolve_device(spec.device)
@@ -188,14 +218,21 @@ def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id
     train_cfg = TrainConfig.from_dict({**spec.train, "device": device})
     t_train = time.perf_counter()
     reporter = _EpochReporter(spec, model_cfg, train_cfg.epochs, seq, trial_id, nni_report)
+    splits = inner_splits(ds.folds, spec.fold, spec.inner_folds)
+    results = []
     with epoch_callback(reporter):
-        result = train_fold(ds, model_cfg, train_cfg, spec.fold, eval_test=False, progress=False, data=device_data)
+        for i, split in enumerate(splits):
+            res = train_on_split(device_data, model_cfg, train_cfg, split.train, split.val, None,
+                                 fold=split.fold, progress=False)
+            if res.test_metrics is not None:  # defensive: a search must never see the test fold
+                raise RuntimeError("train_on_split returned test metrics during a search trial")
+            results.append(res)
+            if i + 1 < len(splits):
+                reporter.next_fold(_num(res.val_metrics.get(spec.objective)))
     train_seconds = time.perf_counter() - t_train
-    if getattr(result, "test_metrics", None) is not None:  # defensive: search must never see the test fold
-        raise RuntimeError("train_fold returned test metrics during a search trial")
-    val = dict(result.val_metrics)
+    val = _mean_metrics([r.val_metrics for r in results])
     prof = profile_model(model_cfg, device, ds.spec.size, **spec.latency)
-    history = getattr(result, "history", None) or []
+    history = [h for r in results for h in (r.history or [])]
     record = {
         "seq": int(seq),
         "trial_id": str(trial_id),
@@ -207,7 +244,10 @@ def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id
         "cbam": model_cfg.cbam,
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
-        "fold": spec.fold,
+        "fold": spec.fold,                 # the outer fold: its test fold was never used
+        "val_folds": [int(sp.fold) for sp in splits],
+        "inner_folds": len(splits),
+        "val_inner": [{k: r.val_metrics.get(k) for k in ("accuracy", "auc", "n")} for r in results],
         "lr": train_cfg.lr,
         "batch_size": train_cfg.batch_size,
         "epochs": train_cfg.epochs,
@@ -219,18 +259,30 @@ def run_trial(model_cfg: ModelConfig, spec: TrialSpec, *, seq: int = 0, trial_id
         "latency_device": prof["device"],
         "latency_batch_size": prof.get("batch_size", 1),
         "epochs_run": len(history),
+        "steps_planned": len(splits) * int(train_cfg.epochs),
         "train_seconds": round(train_seconds, 3),
         "trial_seconds": round(time.perf_counter() - t_start, 3),
         "device": device,
         "pid": os.getpid(),
         # Validation predictions, for diversity-aware ensemble selection (naslung.ensemble.selection).
-        "val_ids": [ds.ids[int(i)] for i in result.val_idx],
-        "val_proba": [round(float(p[1]), 6) for p in result.val_proba],
+        # Inner validation folds are disjoint: together, one out-of-fold prediction per crop.
+        "val_ids": [ds.ids[int(i)] for r in results for i in r.val_idx],
+        "val_proba": [round(float(p[1]), 6) for r in results for p in r.val_proba],
     }
     record = _json_safe(record)
     if spec.out:
         write_json_atomic(Path(spec.out) / "trials" / f"{int(seq):05d}_{trial_id}.json", record)
     return record
+
+
+def _mean_metrics(per_fold: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Inner folds' validation metrics averaged (``n`` summed); a metric missing anywhere stays None."""
+    out: dict[str, Any] = {}
+    for k in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
+        vals = [_num(m.get(k)) for m in per_fold]
+        out[k] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    out["n"] = sum(int(m.get("n") or 0) for m in per_fold)
+    return out
 
 
 def _json_safe(obj: Any) -> Any:
@@ -251,6 +303,8 @@ def nni_metric(record: Mapping[str, Any], objective: str = "accuracy") -> dict[s
         "params": record.get("params"),
         "flops": record.get("flops"),
         "arch": record.get("arch"),
+        "trial_id": record.get("trial_id"),
+        "seq": record.get("seq"),
     }
 
 

@@ -35,20 +35,45 @@ class SlotBudget:
             raise ValueError(f"budget {name}: limits must be >= 1, got {limit} / {per_key}")
         self.name, self.limit, self.per_key = name, limit, per_key
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
         self._n = 0
         self._by_key: dict[str, int] = {}
+        self.waiting = 0  # callers blocked in acquire()
+
+    def _why_not(self, key: str) -> str | None:
+        if self._n >= self.limit:
+            return f"{self.name}: {self.limit} concurrent call(s) already running (the server's limit); retry with backoff"
+        if self.per_key is not None and self._by_key.get(key, 0) >= self.per_key:
+            return (f"{self.name}: this client address already has {self.per_key} open call(s) (on any "
+                    f"number of connections), the per-client limit; close one or send more requests on an "
+                    f"open stream")
+        return None
 
     def try_acquire(self, key: str = "") -> str | None:
         """None when admitted; else why not (for the RESOURCE_EXHAUSTED message)."""
         with self._lock:
-            if self._n >= self.limit:
-                return f"{self.name}: {self.limit} concurrent call(s) already running (the server's limit); retry with backoff"
-            if self.per_key is not None and self._by_key.get(key, 0) >= self.per_key:
-                return (f"{self.name}: this client already has {self.per_key} open call(s), the per-client limit; "
-                        f"close one or send more requests on an open stream")
-            self._n += 1
-            self._by_key[key] = self._by_key.get(key, 0) + 1
-            return None
+            why = self._why_not(key)
+            if why is None:
+                self._n += 1
+                self._by_key[key] = self._by_key.get(key, 0) + 1
+            return why
+
+    def acquire(self, key: str = "", timeout: float = 0.0) -> bool:
+        """Wait up to ``timeout`` s for a slot (woken by release, not by polling); True if taken."""
+        end = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self.waiting += 1
+            try:
+                while self._why_not(key) is not None:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._freed.wait(left)
+                self._n += 1
+                self._by_key[key] = self._by_key.get(key, 0) + 1
+                return True
+            finally:
+                self.waiting -= 1
 
     def release(self, key: str = "") -> None:
         with self._lock:
@@ -58,6 +83,7 @@ class SlotBudget:
                 self._by_key[key] = left
             else:
                 self._by_key.pop(key, None)
+            self._freed.notify_all()
 
     @property
     def in_use(self) -> int:
@@ -93,6 +119,7 @@ class ByteBudget:
             raise ValueError(f"byte budget must be >= 1, got {limit}")
         self.limit = int(limit)
         self._used = 0
+        self.peak = 0  # most bytes ever reserved at once (figures, tests)
         self._cond = threading.Condition()
         self._on_change = on_change
 
@@ -113,6 +140,7 @@ class ByteBudget:
                 self._cond.wait(left)
             self._used += n
             used = self._used
+            self.peak = max(self.peak, used)
         if self._on_change is not None:
             self._on_change(used)
         return ByteTicket(self, n)
@@ -126,9 +154,32 @@ class ByteBudget:
             self._on_change(used)
 
 
+def peer_host(peer: str) -> str:
+    """The client's address without its port, from gRPC's ``context.peer()``.
+
+    Why not the whole peer string: it names one TCP connection (``ipv4:10.0.0.7:53122``), so a
+    client that opens one channel per call -- or 64 channels -- got a fresh per-client allowance on
+    each and the per-client caps limited nothing. Keyed by host, every connection from one address
+    shares one allowance. Caveat: clients behind one NAT or proxy share an address, hence a cap;
+    behind a load balancer that does not preserve client addresses, raise the per-client caps.
+
+    ``ipv4:1.2.3.4:5`` -> ``ipv4:1.2.3.4``; ``ipv6:[::1]:5`` -> ``ipv6:[::1]``; ``ipv6:%5B::1%5D:5``
+    (percent-encoded, as some gRPC releases write it) -> ``ipv6:[::1]``; anything else (``unix:``
+    sockets, an unknown scheme) is returned whole.
+    """
+    scheme, sep, rest = peer.partition(":")
+    if not sep or scheme not in ("ipv4", "ipv6"):
+        return peer
+    rest = rest.replace("%5B", "[").replace("%5D", "]").replace("%5b", "[").replace("%5d", "]")
+    if scheme == "ipv6" and rest.startswith("["):
+        return f"{scheme}:{rest[:rest.index(']') + 1]}" if "]" in rest else peer
+    host, colon, port = rest.rpartition(":")
+    return f"{scheme}:{host}" if colon and port.isdigit() else peer
+
+
 @dataclass(frozen=True)
 class Route:
-    """Which budget a method draws from; ``per_peer`` keys it by the caller's connection."""
+    """Which budget a method draws from; ``per_peer`` keys it by the caller's host (:func:`peer_host`)."""
 
     budget: SlotBudget
     per_peer: bool = False
@@ -136,7 +187,7 @@ class Route:
 
 def _wrap(handler: grpc.RpcMethodHandler, route: Route, on_reject: Callable[[str, str], None], method: str):
     def admit(context) -> tuple[str, Callable[[], None]]:
-        key = context.peer() if route.per_peer else ""
+        key = peer_host(context.peer()) if route.per_peer else ""
         why = route.budget.try_acquire(key)
         if why is not None:
             on_reject(method, why)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 import grpc
 import numpy as np
 
-from service.admission import AdmissionInterceptor, ByteBudget, Route, SlotBudget
+from service.admission import AdmissionInterceptor, ByteBudget, Route, SlotBudget, peer_host
 from service.batching import BatchConfig, BatcherClosed, DeadlineExpired, DynamicBatcher, ItemResult, QueueFull
 from service.explaining import MAX_METHODS_PER_REQUEST, ExplainCost, Explainer, ExplainStopped
 from service.generated import nodule_service_pb2 as pb
@@ -60,8 +60,10 @@ class ServerConfig:
     max_volume_voxels: int = Limits.max_volume_voxels
     stream_window: int = 32            # crops of one PredictStream in flight at once
     stream_slots: int = 16             # concurrent PredictStream calls, all clients together
-    streams_per_peer: int = 4          # concurrent PredictStream calls of one client connection
+    streams_per_peer: int = 4          # concurrent PredictStream calls of one client address (admission.peer_host)
     stream_idle_s: float = 30.0        # a stream with no request and nothing in flight this long is closed
+    stream_read_slots: int = 2         # streams reading a message at once (one per client address): memory
+    stream_read_hold_s: float = 5.0    # a read slot held without a message while others wait -> stream closed
     explain_concurrency: int = 1       # Explain RPCs computing at once
     explain_queue: int = 4             # Explain RPCs admitted at once (computing + waiting for a slot)
     other_slots: int = 8               # GetModelInfo, reflection, health Watch
@@ -223,9 +225,9 @@ def _rpc_handlers(servicer: "NoduleServicer", budget: ByteBudget | None = None, 
 
     handlers = {
         "Predict": unary(servicer.Predict, pb.PredictRequest),
+        # raw bytes: the stream charges and parses each message itself (NoduleServicer._admit_stream_item)
         "PredictStream": grpc.stream_stream_rpc_method_handler(
-            servicer.PredictStream, request_deserializer=_safe_parser(pb.PredictRequest, budget, factor),
-            response_serializer=ser),
+            servicer.PredictStream, request_deserializer=None, response_serializer=ser),
         "Explain": unary(servicer.Explain, pb.ExplainRequest),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo, request_deserializer=_safe_parser(pb.GetModelInfoRequest),
@@ -329,8 +331,11 @@ class NoduleServicer:
     there and its deadline has not passed; work for a caller who is gone is dropped and counted
     (``naslung_dropped_expired_total{stage}``), never done."""
 
-    def __init__(self, predictor: Predictor, batcher: DynamicBatcher, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, predictor: Predictor, batcher: DynamicBatcher, config: ServerConfig, metrics: Metrics,
+                 bytes_budget: ByteBudget | None = None, stream_reads: SlotBudget | None = None) -> None:
         self.predictor = predictor
+        self.bytes_budget = bytes_budget  # request memory budget (None: unbounded, unit tests only)
+        self.stream_reads = stream_reads  # read slots for PredictStream messages (None: ungated)
         self.batcher = batcher
         self.config = config
         self.metrics = metrics
@@ -419,14 +424,51 @@ class NoduleServicer:
     def Predict(self, request, context):
         return self._predict_one(request, context, _deadline(context, self.config.max_call_s))[0]
 
+    def _admit_stream_item(self, raw: bytes, deadline: float, alive: Callable[[], bool]):
+        """Charge one stream message (``len(raw) * factor``) to the request memory budget before it
+        is parsed, waiting for room up to the item's deadline (or until ``alive()`` turns false): a
+        stream is backpressured (its next message is not read meanwhile), not refused, while unary
+        calls hold the budget. Returns the parsed request and its ticket, or a _Refused/_Malformed."""
+        charge = int(len(raw) * self.config.request_memory_factor)
+        ticket = None
+        if self.bytes_budget is not None:
+            while ticket is None and alive():
+                left = deadline - time.monotonic()
+                ticket = self.bytes_budget.try_reserve(charge, timeout=max(0.0, min(0.25, left)))
+                if left <= 0:
+                    break
+            if ticket is None:
+                return _Refused(len(raw), charge, self.bytes_budget), None
+        request = _safe_parser(pb.PredictRequest)(raw)
+        if isinstance(request, _Malformed) and ticket is not None:
+            ticket.release()
+            ticket = None
+        return request, ticket
+
     def PredictStream(self, request_iterator, context):
+        """One response per request, in order. Memory is bounded the way unary calls are:
+
+        * a message is read only while the stream holds a *read slot* (``stream_read_slots`` in
+          all, one per client address), each worth one max-size message of memory; HTTP/2 flow
+          control keeps the other streams' bytes on their clients meanwhile;
+        * once read, the message is charged to the request memory budget before it is parsed
+          (waiting for room, up to the item's deadline), and that charge is held until its crop is cut;
+        * each queued crop (up to ``stream_window`` per stream) stays charged to the same budget until
+          its answer is sent, so what a stream holds queued counts against the ceiling too.
+        A stream that holds a read slot without sending while another stream waits for one is closed
+        after ``stream_read_hold_s`` (its answers so far are delivered first), so idle streams cannot
+        stall everyone else's."""
         cfg = self.config
         end = object()
         window: queue.Queue = queue.Queue(maxsize=max(1, cfg.stream_window))
         rem = _remaining(context)
         stream_deadline = None if rem is None else time.monotonic() + rem
         stop = threading.Event()
-        state = {"last": time.monotonic(), "busy": False}
+        # "busy": the server, not the client, is the reason nothing happens (parsing, waiting for room);
+        # "reading": holding a read slot, blocked on the client's next message
+        state = {"last": time.monotonic(), "busy": False, "reading": False}
+        key = peer_host(context.peer())
+        gate = self.stream_reads
 
         def put(item) -> bool:
             while context.is_active() and not stop.is_set():
@@ -437,34 +479,76 @@ class NoduleServicer:
                     continue
             return False
 
+        def take_read_slot() -> bool:
+            """Wait for a read slot, bounded by the stream's deadline and max_call_s; False when the
+            stream should stop reading (an over-long wait ends the stream with RESOURCE_EXHAUSTED)."""
+            if gate is None:
+                return True
+            state["busy"] = True  # waiting for the server: not the client's idle time
+            give_up = time.monotonic() + cfg.max_call_s
+            try:
+                while context.is_active() and not stop.is_set():
+                    now = time.monotonic()
+                    if stream_deadline is not None and now >= stream_deadline:
+                        return False
+                    if now >= give_up:
+                        put(_Fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"waited {cfg.max_call_s:g} s for a stream read slot ({gate.limit} streams "
+                                  f"read at a time); retry with backoff"))
+                        return False
+                    if gate.acquire(key, timeout=min(0.25, give_up - now)):
+                        return True
+                return False
+            finally:
+                state["busy"], state["last"] = False, time.monotonic()
+
         def reader() -> None:
             try:
-                for raw in request_iterator:
-                    state["busy"], state["last"] = True, time.monotonic()
-                    req, ticket = _unwrap(raw)
-                    del raw
-                    t0 = time.monotonic()
-                    deadline = t0 + cfg.max_call_s
-                    if stream_deadline is not None:
-                        deadline = min(deadline, stream_deadline)
+                while True:
+                    if not take_read_slot():
+                        return
+                    try:
+                        state["reading"] = True
+                        raw = next(request_iterator, end)
+                        state["reading"] = False
+                        if raw is end:
+                            return
+                        state["busy"], state["last"] = True, time.monotonic()
+                        t0 = time.monotonic()
+                        deadline = t0 + cfg.max_call_s
+                        if stream_deadline is not None:
+                            deadline = min(deadline, stream_deadline)
+                        req, ticket = self._admit_stream_item(
+                            raw, deadline, lambda: context.is_active() and not stop.is_set())
+                        del raw
+                    finally:
+                        state["reading"] = False
+                        if gate is not None:
+                            gate.release(key)
                     rid = getattr(req, "request_id", "")
+                    held = None  # the queued crop's charge, released when its answer is sent
                     try:
                         if time.monotonic() >= deadline:
                             self.metrics.expired("before_crop")
                             raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed (before crop)")
                         crop = self._crop(req)
                         del req
-                        if ticket is not None:
-                            ticket.release()  # the crop is small; the request's bytes are no longer needed
-                        item = (rid, t0, self._submit(crop, deadline), None, deadline)
+                        if self.bytes_budget is not None:
+                            held = self.bytes_budget.try_reserve(crop.nbytes,
+                                                                 timeout=max(0.0, deadline - time.monotonic()))
+                            if held is None:
+                                raise _Fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            _Refused(crop.nbytes, crop.nbytes, self.bytes_budget).message)
+                        item = (rid, t0, self._submit(crop, deadline), None, deadline, held)
                     except _Fail as f:
-                        item = (rid, t0, None, f, deadline)
+                        if held is not None:
+                            held.release()
+                        item = (rid, t0, None, f, deadline, None)
                     finally:
                         if ticket is not None:
-                            ticket.release()
+                            ticket.release()  # the crop is cut: the request's bytes are no longer needed
                     if not put(item):
-                        if item[2] is not None:
-                            item[2].cancel()
+                        _drop(item)
                         return
                     state["busy"], state["last"] = False, time.monotonic()
             except Exception as e:  # the client broke or cancelled the stream
@@ -472,6 +556,12 @@ class NoduleServicer:
             finally:
                 state["busy"] = False
                 put(end)
+
+        def _drop(item) -> None:
+            if item[2] is not None:
+                item[2].cancel()
+            if item[5] is not None:
+                item[5].release()
 
         threading.Thread(target=reader, name="naslung-stream-reader", daemon=True).start()
         try:
@@ -487,20 +577,33 @@ class NoduleServicer:
                                     f"stream idle for {idle:.0f} s with nothing in flight (limit "
                                     f"{cfg.stream_idle_s:g} s); closed to free its slot -- open a new stream "
                                     f"when there is work")
+                    if state["reading"] and gate is not None and gate.waiting and idle > cfg.stream_read_hold_s:
+                        raise _Fail(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"stream sent nothing for {idle:.0f} s while holding a read slot other "
+                                    f"streams are waiting for (limit {cfg.stream_read_hold_s:g} s when contended); "
+                                    f"closed -- send requests back to back, or open a stream when there is work")
                     continue
                 if item is end:
                     return
-                rid, t0, fut, fail, deadline = item
-                if fut is not None:
-                    try:
-                        resp = self._response(rid, self._wait(fut, deadline, rid), t0)
-                    except _Fail as f:
-                        fail = f
-                    else:
-                        yield resp
-                        state["last"] = time.monotonic()
-                        self.metrics.record("PredictStreamItem", "OK", time.monotonic() - t0)
-                        continue
+                if isinstance(item, _Fail):  # the reader gave up on the whole stream
+                    raise item
+                rid, t0, fut, fail, deadline, held = item
+                try:
+                    if fut is not None:
+                        try:
+                            resp = self._response(rid, self._wait(fut, deadline, rid), t0)
+                        except _Fail as f:
+                            fail = f
+                        else:
+                            if held is not None:
+                                held.release()
+                            yield resp
+                            state["last"] = time.monotonic()
+                            self.metrics.record("PredictStreamItem", "OK", time.monotonic() - t0)
+                            continue
+                finally:
+                    if held is not None:
+                        held.release()
                 yield pb.PredictResponse(request_id=rid, error=pb.ItemError(code=fail.code.value[0],
                                                                             message=fail.message))
                 state["last"] = time.monotonic()
@@ -512,8 +615,8 @@ class NoduleServicer:
                     item = window.get_nowait()
                 except queue.Empty:
                     break
-                if item is not end and item[2] is not None:
-                    item[2].cancel()
+                if item is not end and not isinstance(item, _Fail):
+                    _drop(item)
 
     def _explainer(self) -> Explainer:
         """A private copy of the models for explanations: their hooks and gradients never touch the
@@ -552,8 +655,11 @@ class NoduleServicer:
 
     def Explain(self, request, context):
         explain_crop = _explain_fn()
-        if isinstance(explain_crop, str):
-            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server ({explain_crop})")
+        if isinstance(explain_crop, str):  # why (an import error, with paths) goes to the log only
+            eid = uuid.uuid4().hex[:12]
+            log.error("Explain unavailable [error id %s, peer %s]: %s", eid, context.peer(), explain_crop)
+            raise _Fail(grpc.StatusCode.UNIMPLEMENTED, f"explanations are not available on this server "
+                                                       f"(error id {eid}; the server log says why)")
         deadline = _deadline(context, self.config.max_call_s)
         methods = self._explain_methods(request)
         if not request.HasField("input"):
@@ -604,6 +710,24 @@ class NoduleServicer:
                 return tuple(ex.METHODS)
         return ()
 
+    def _limits(self) -> pb.ServerLimits:
+        """Every limit a client can run into, so it can size its calls instead of probing for
+        RESOURCE_EXHAUSTED (fields 6+ are additions within naslung.v1)."""
+        cfg = self.config
+        cost = cfg.explain_cost
+        return pb.ServerLimits(
+            max_batch=cfg.max_batch, max_delay_ms=cfg.max_delay_ms, max_queue=cfg.max_queue,
+            max_message_bytes=cfg.max_message_bytes, max_volume_voxels=cfg.max_volume_voxels,
+            predict_slots=cfg.workers, explain_slots=cfg.explain_queue,
+            explain_concurrency=max(1, cfg.explain_concurrency), stream_slots=cfg.stream_slots,
+            streams_per_client=cfg.streams_per_peer, other_slots=cfg.other_slots, stream_idle_s=cfg.stream_idle_s,
+            stream_window=max(1, cfg.stream_window), max_call_s=cfg.max_call_s,
+            max_inflight_bytes=int(cfg.max_inflight_mb * 2**20), request_memory_factor=cfg.request_memory_factor,
+            receive_slots=max(1, cfg.receive_slots), stream_read_slots=max(1, cfg.stream_read_slots),
+            stream_read_hold_s=cfg.stream_read_hold_s, explain_ig_steps=cost.ig_steps,
+            explain_occlusion_passes=cost.occlusion_positions(self.predictor.spec.size),
+            explain_max_methods=MAX_METHODS_PER_REQUEST)
+
     def GetModelInfo(self, request, context):
         info = self.predictor.info()
         manifest = info.get("manifest") or {}
@@ -613,7 +737,6 @@ class NoduleServicer:
             members.append(pb.MemberInfo(name=str(m.get("name", "")),
                                          config_json=json.dumps(m.get("config", {}), sort_keys=True),
                                          metrics=_flatten_metrics(m.get("metrics", {}))))
-        cfg = self.config
         return pb.ModelInfo(
             model_version=self.predictor.version,
             manifest_json=json.dumps(manifest, sort_keys=True, default=str),
@@ -622,8 +745,7 @@ class NoduleServicer:
                                        hu_max=spec.hu_max, pad_hu=spec.pad_hu),
             combination_rule=str(info.get("rule", "")), threshold=float(self.predictor.threshold),
             explain_methods=list(self._known_methods() or DEFAULT_EXPLAIN_METHODS),
-            limits=pb.ServerLimits(max_batch=cfg.max_batch, max_delay_ms=cfg.max_delay_ms, max_queue=cfg.max_queue,
-                                   max_message_bytes=cfg.max_message_bytes, max_volume_voxels=cfg.max_volume_voxels),
+            limits=self._limits(),
             api_version=API_VERSION)
 
 
@@ -722,9 +844,12 @@ class NoduleServer:
             predictor.predict, BatchConfig(max_batch=cfg.max_batch, max_delay_s=cfg.max_delay_ms / 1e3,
                                            max_queue=cfg.max_queue), metrics=self.metrics)
         cfg.explain_cost.check(predictor.spec.size)
-        self.servicer = NoduleServicer(predictor, self.batcher, cfg, self.metrics)
-        _instrument(self.servicer, self.metrics)
         self.bytes_budget = ByteBudget(int(cfg.max_inflight_mb * 2**20), on_change=self.metrics.inflight_bytes.set)
+        # each read slot lets one stream pull one message of up to max_message_bytes
+        self.stream_reads = SlotBudget("PredictStream reads", max(1, cfg.stream_read_slots), per_key=1)
+        self.servicer = NoduleServicer(predictor, self.batcher, cfg, self.metrics, bytes_budget=self.bytes_budget,
+                                       stream_reads=self.stream_reads)
+        _instrument(self.servicer, self.metrics)
         self.budgets = {
             "Predict": SlotBudget("Predict", cfg.workers),
             "PredictStream": SlotBudget("PredictStream", cfg.stream_slots, per_key=cfg.streams_per_peer),

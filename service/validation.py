@@ -8,6 +8,7 @@ the same function that prepared the training crops.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from naslung.data.spec import CropSpec
 from service.generated import nodule_service_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {pb.DTYPE_INT16: np.dtype("<i2"), pb.DTYPE_FLOAT32: np.dtype("<f4")}
 MAX_REQUEST_ID = 256
@@ -114,7 +117,10 @@ def _resample(arr: np.ndarray, spacing, origin, direction, world_xyz, spec: Crop
         from naslung.data.crop import crop_at_world
         from naslung.data.volume import VolumeError, image_from_array
     except ImportError as e:  # e.g. a load-test box without SimpleITK
-        raise RequestError(f"this server cannot resample {field} ({e}); send a crop of "
+        # the import error (library paths) is for the operator's log, not the client
+        log.warning("cannot resample %s: %s: %s", field, type(e).__name__, e)
+        raise RequestError(f"this server cannot resample {field} (its resampling library is not installed; "
+                           f"the server log says more); send a crop of "
                            f"{_shape_str(spec.shape)} voxels at {spec.spacing_mm:g} mm",
                            grpc.StatusCode.FAILED_PRECONDITION) from None
     try:  # VolumeError covers bad geometry and a coordinate outside the volume (with its extent)

@@ -68,7 +68,9 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     lim.add_argument("--insecure", action="store_true",
                      help="allow a non-loopback --host with neither TLS nor a token (refused otherwise)")
     lim.add_argument("--stream-slots", type=int, default=16, help="concurrent PredictStream calls, all clients")
-    lim.add_argument("--streams-per-peer", type=int, default=4, help="concurrent PredictStream calls per client connection")
+    lim.add_argument("--streams-per-peer", type=int, default=4,
+                     help="concurrent PredictStream calls per client address (its IP, over any number of "
+                          "connections; clients behind one NAT or proxy share it)")
     lim.add_argument("--stream-idle-s", type=float, default=30.0, help="close a stream idle this long")
     lim.add_argument("--explain-queue", type=int, default=4, help="Explain calls admitted at once (running + waiting)")
     lim.add_argument("--max-call-s", type=float, default=120.0, help="bound for calls that set no deadline")

@@ -72,3 +72,32 @@ def split_fold(folds: np.ndarray, fold: int) -> FoldSplit:
         val=idx[folds == val_fold],
         test=idx[folds == fold],
     )
+
+
+def inner_splits(folds: np.ndarray, fold: int, n_inner: int) -> list[FoldSplit]:
+    """``n_inner`` train / validation splits of outer fold ``fold``'s development folds; never its test fold.
+
+    The development folds are every fold but ``fold``, taken in the order ``fold + 1, fold + 2, ...``
+    (mod k). Inner split ``i`` validates on the ``i``-th of them and trains on the others, so inner
+    split 0 is exactly :func:`split_fold`'s train / validation split and ``n_inner = k - 1`` is a full
+    cross-validation of the development patients. Each split's ``fold`` is its validation fold and
+    its ``test`` is empty: a search objective built on these splits cannot see the outer test fold.
+
+    Raises:
+        ValueError: ``n_inner`` is not in ``1 .. k - 1`` or ``fold`` is out of range.
+    """
+    folds = np.asarray(folds)
+    outer = split_fold(folds, fold)  # validates fold and the fold assignment
+    k = int(folds.max()) + 1
+    if not 1 <= int(n_inner) <= k - 1:
+        raise ValueError(f"inner folds must be between 1 and {k - 1} (the development folds of a {k}-fold "
+                         f"dataset), got {n_inner}")
+    dev = [(fold + j) % k for j in range(1, k)]
+    idx = np.arange(len(folds))
+    empty = np.array([], dtype=np.int64)
+    splits = []
+    for val_fold in dev[:int(n_inner)]:
+        splits.append(FoldSplit(fold=val_fold, train=idx[(folds != fold) & (folds != val_fold)],
+                                val=idx[folds == val_fold], test=empty))
+    assert np.array_equal(splits[0].train, outer.train) and np.array_equal(splits[0].val, outer.val)
+    return splits

@@ -137,6 +137,19 @@ def check_search_folds(cands: Sequence[Candidate], test_fold: int, n_folds: int)
         raise ValueError(f"need at least 3 folds, got {n_folds}")
     bad, trained_on_test, unknown = [], [], []
     for c in cands:
+        val_folds = c.info.get("val_folds")
+        if isinstance(val_folds, (list, tuple)) and val_folds:  # inner-fold objective (trial.inner_folds)
+            try:
+                vf = {int(v) for v in val_folds}
+            except (TypeError, ValueError):
+                unknown.append(c.name)
+                continue
+            outer = c.info.get("fold")
+            if test_fold in vf:
+                bad.append((c.name, int(outer) if outer is not None else -1))
+            elif outer is None or int(outer) != test_fold:
+                trained_on_test.append(c.name)
+            continue
         f = c.info.get("fold")
         if f is None or isinstance(f, bool):
             unknown.append(c.name)
@@ -155,9 +168,9 @@ def check_search_folds(cands: Sequence[Candidate], test_fold: int, n_folds: int)
         names = ", ".join(n for n, _ in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise SelectionOnTestFold(
             f"the search validated {len(bad)} candidate(s) ({names}) on fold {test_fold}, which is this bundle's "
-            f"test fold (search fold {folds[0]} validates on fold ({folds[0]} + 1) % {n_folds} = {test_fold}); "
-            f"ranking them by their search metric would select members on the test fold. Build the bundle "
-            f"with --fold {folds[0]} (the search's own held-out fold), or search with a different --fold.")
+            f"test fold (search fold {folds[0]}: its validation folds include {test_fold}); ranking them by their "
+            f"search metric would select members on the test fold. Build the bundle with --fold {folds[0]} (the "
+            f"search's own held-out fold), or search with a different fold.")
     notes = []
     if trained_on_test:
         notes.append(f"{len(trained_on_test)} search candidate(s) were trained on folds that include this "
@@ -207,6 +220,7 @@ def load_search_candidates(run_dir: str | Path) -> list[Candidate]:
             pareto=tid in pareto_ids,
             val_proba=np.asarray(vp, dtype=np.float64) if vp is not None else None,
             info={"search_run": str(run), "trial_id": tid, "seq": rec.get("seq"), "fold": rec.get("fold"),
+                  "val_folds": rec.get("val_folds"),
                   "val_ids": rec.get("val_ids")}))
     if not cands and (run / "top").is_dir():
         tops = sorted((run / "top").glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else 1 << 30)

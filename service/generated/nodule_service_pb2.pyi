@@ -190,18 +190,52 @@ class MemberInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_batch", "max_delay_ms", "max_queue", "max_message_bytes", "max_volume_voxels")
+    __slots__ = ("max_batch", "max_delay_ms", "max_queue", "max_message_bytes", "max_volume_voxels", "predict_slots", "explain_slots", "explain_concurrency", "stream_slots", "streams_per_client", "other_slots", "stream_idle_s", "stream_window", "max_call_s", "max_inflight_bytes", "request_memory_factor", "receive_slots", "stream_read_slots", "stream_read_hold_s", "explain_ig_steps", "explain_occlusion_passes", "explain_max_methods")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_VOLUME_VOXELS_FIELD_NUMBER: _ClassVar[int]
+    PREDICT_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    OTHER_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    STREAM_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_MEMORY_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_READ_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_READ_HOLD_S_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_IG_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_OCCLUSION_PASSES_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_MAX_METHODS_FIELD_NUMBER: _ClassVar[int]
     max_batch: int
     max_delay_ms: float
     max_queue: int
     max_message_bytes: int
     max_volume_voxels: int
-    def __init__(self, max_batch: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_volume_voxels: _Optional[int] = ...) -> None: ...
+    predict_slots: int
+    explain_slots: int
+    explain_concurrency: int
+    stream_slots: int
+    streams_per_client: int
+    other_slots: int
+    stream_idle_s: float
+    stream_window: int
+    max_call_s: float
+    max_inflight_bytes: int
+    request_memory_factor: float
+    receive_slots: int
+    stream_read_slots: int
+    stream_read_hold_s: float
+    explain_ig_steps: int
+    explain_occlusion_passes: int
+    explain_max_methods: int
+    def __init__(self, max_batch: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_volume_voxels: _Optional[int] = ..., predict_slots: _Optional[int] = ..., explain_slots: _Optional[int] = ..., explain_concurrency: _Optional[int] = ..., stream_slots: _Optional[int] = ..., streams_per_client: _Optional[int] = ..., other_slots: _Optional[int] = ..., stream_idle_s: _Optional[float] = ..., stream_window: _Optional[int] = ..., max_call_s: _Optional[float] = ..., max_inflight_bytes: _Optional[int] = ..., request_memory_factor: _Optional[float] = ..., receive_slots: _Optional[int] = ..., stream_read_slots: _Optional[int] = ..., stream_read_hold_s: _Optional[float] = ..., explain_ig_steps: _Optional[int] = ..., explain_occlusion_passes: _Optional[int] = ..., explain_max_methods: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model_version", "manifest_json", "members", "input_spec", "combination_rule", "threshold", "explain_methods", "limits", "api_version")

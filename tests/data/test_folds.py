@@ -30,3 +30,27 @@ def test_split_never_lets_validation_touch_test():
 def test_too_few_patients_is_a_clear_error():
     with pytest.raises(ValueError, match="patients"):
         assign_folds(np.array([0, 1, 0]), np.array(["a", "a", "b"]), k=3)
+
+
+def test_inner_splits_rotate_validation_over_development_folds_and_never_touch_the_test_fold():
+    from naslung.data.folds import inner_splits
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    folds = assign_folds(labels, np.arange(200), k=5, seed=1)
+    splits = inner_splits(folds, 2, 3)
+    assert [s.fold for s in splits] == [3, 4, 0]
+    outer = split_fold(folds, 2)
+    assert np.array_equal(splits[0].train, outer.train) and np.array_equal(splits[0].val, outer.val)
+    test = set(np.flatnonzero(folds == 2).tolist())
+    for s in splits:
+        assert len(s.test) == 0
+        assert not test & set(s.train.tolist()) and not test & set(s.val.tolist())
+        assert set(s.val.tolist()) == set(np.flatnonzero(folds == s.fold).tolist())
+        assert not set(s.train.tolist()) & set(s.val.tolist())
+        assert len(s.train) + len(s.val) + len(test) == 200
+    full = inner_splits(folds, 2, 4)  # every development fold validated once
+    assert sorted(i for s in full for i in s.val.tolist()) == sorted(set(range(200)) - test)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="between 1 and 4"):
+            inner_splits(folds, 2, bad)

@@ -66,3 +66,20 @@ def test_check_search_folds_cases():
     assert "do not record the fold" in notes[0]
     with pytest.raises(SelectionOnTestFold):  # wrap-around: the last fold validates on fold 0
         check_search_folds([_cand("d", 4, 0.8)], test_fold=0, n_folds=5)
+
+
+def test_inner_fold_searches_are_checked_against_all_their_validation_folds():
+    """A search with trial.inner_folds validates on several folds: any of them as the bundle's test fold
+    is refused; the search's own outer (held-out) fold is clean."""
+    def inner(name, acc):
+        return Candidate(name, ModelConfig(stages=((4,), (8,)), in_size=16), {"val_accuracy": acc},
+                         info={"fold": 1, "val_folds": [2, 3, 4]})
+
+    cands = [inner("a", 0.8), inner("b", 0.6)]
+    for test_fold in (2, 3, 4):
+        with pytest.raises(SelectionOnTestFold, match=f"fold {test_fold}"):
+            check_search_folds(cands, test_fold=test_fold, n_folds=5)
+    assert check_search_folds(cands, test_fold=1, n_folds=5) == []
+    # fold 0 was a training fold of every inner split: allowed, with the note
+    notes = check_search_folds(cands, test_fold=0, n_folds=5)
+    assert len(notes) == 1 and "trained on folds that include" in notes[0]

@@ -80,3 +80,45 @@ def test_hpo_experiment_is_configured_for_our_trial(tmp_path, tiny_dataset_dir):
     assert spec.data == str(tiny_dataset_dir.resolve()) and spec.threads == 1
     with pytest.raises(ValueError, match="tuner"):
         build_hpo_experiment(get_config("tiny"), {}, tiny_dataset_dir, tmp_path / "x", tuner="SMAC")
+
+
+def test_inner_fold_objective_averages_development_folds_and_reports_a_shared_step_schedule(
+        tiny_dataset_dir, tmp_path):
+    """trial.inner_folds=3: three trainings, one per development fold; the objective is their mean; the
+    intermediate results run on one step axis and carry the trial's id; the test fold is never seen."""
+    from naslung.data.dataset import PreparedDataset
+
+    ds = PreparedDataset.load(tiny_dataset_dir)
+    k = int(ds.folds.max()) + 1
+    reports = []
+    cfg = ModelConfig(stages=((4,), (4,), (8,)), in_size=16)
+    train = {**TRAIN, "epochs": 2}
+    spec = TrialSpec(data=str(tiny_dataset_dir), out=str(tmp_path), train=train, latency=LAT, device="cpu",
+                     objective="accuracy", inner_folds=3, fold=1)
+    rec = run_trial(cfg, spec, seq=5, trial_id="inn", nni_report=reports.append)
+    assert rec["val_folds"] == [2 % k, 3 % k, 4 % k] and rec["inner_folds"] == 3
+    accs = [f["accuracy"] for f in rec["val_inner"]]
+    assert rec["val_accuracy"] == pytest.approx(sum(accs) / 3)
+    assert rec["val_n"] == sum(f["n"] for f in rec["val_inner"]) == len(rec["val_ids"]) == len(set(rec["val_ids"]))
+    test_ids = {ds.ids[i] for i in range(len(ds)) if ds.folds[i] == 1}
+    assert not test_ids & set(rec["val_ids"])
+    assert rec["steps_planned"] == 6 and rec["epochs_run"] == 6
+    assert [r["step"] for r in reports] == [1, 2, 3, 4, 5, 6]
+    assert [r["inner_fold"] for r in reports] == [0, 0, 1, 1, 2, 2]
+    assert all(r["trial_id"] == "inn" and r["seq"] == 5 and r["steps"] == 6 for r in reports)
+    # the value at a step: the finished folds' final objective and the running fold's current one, averaged
+    assert reports[2]["default"] == pytest.approx((accs[0] + reports[2]["val_accuracy"]) / 2)
+    assert reports[-1]["default"] == pytest.approx((accs[0] + accs[1] + reports[-1]["val_accuracy"]) / 3)
+    with pytest.raises(ValueError, match="inner folds must be between 1 and"):
+        run_trial(cfg, TrialSpec(data=str(tiny_dataset_dir), train=train, latency=LAT, device="cpu",
+                                 inner_folds=k), seq=6, trial_id="bad")
+    with pytest.raises(ValueError, match="inner_folds must be an integer"):
+        TrialSpec(data="x", inner_folds=0)
+
+
+def test_asoftmax_margin_applies_to_asoftmax_nets_only(tiny_dataset_dir, tmp_path):
+    spec = TrialSpec(data=str(tiny_dataset_dir), train=TRAIN, latency=LAT, device="cpu", asoftmax_margin=1)
+    a = run_trial(ModelConfig(stages=((4,), (4,), (8,)), in_size=16, head="asoftmax"), spec, seq=7, trial_id="m")
+    s = run_trial(ModelConfig(stages=((4,), (4,), (8,)), in_size=16, head="amsoftmax"), spec, seq=8, trial_id="n")
+    assert a["margin"] == 1 and a["model"]["margin"] == 1
+    assert s["margin"] is None  # AM-Softmax keeps its own default margin (1 would be out of its range)

@@ -29,9 +29,32 @@ def _sample(server, name, labels=None) -> float:
     return 0.0 if v is None else v
 
 
-def _channel(port: int) -> grpc.Channel:
-    """A channel on its own TCP connection (its own peer), as a separate client would have."""
-    return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+def _channel(port: int, host: str = "127.0.0.1") -> grpc.Channel:
+    """A channel on its own TCP connection, as a separate client would have."""
+    return grpc.insecure_channel(f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _idle_requests(stop: threading.Event):
+    """A request iterator that sends nothing until ``stop`` (an idle stream)."""
+    stop.wait(30)
+    return
+    yield  # noqa: unreachable
+
+
+def _stream_call(channel: grpc.Channel):
+    return channel.stream_stream(PREFIX + "PredictStream", request_serializer=pb.PredictRequest.SerializeToString,
+                                 response_deserializer=pb.PredictResponse.FromString)
 
 
 # ------------------------------------------------------------------------------------ item 1 + 7
@@ -134,19 +157,17 @@ def test_deadline_exceeded_is_counted_as_the_client_saw_it(start_server, predict
 
 
 # -------------------------------------------------------------------------------------- item 2
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs ::1 as a second client address")
 def test_idle_stream_flood_leaves_health_and_other_clients_alone(start_server, predictor):
-    server, client = start_server(predictor, stream_idle_s=2.0, streams_per_peer=4, stream_slots=16)
+    """64 idle streams from one client address: 4 admitted, 60 refused; health, Predict, Explain and
+    model info still answer, and a client from another address (::1) still gets a stream."""
+    # "localhost" binds 127.0.0.1 and ::1 on one port: two client addresses on one box
+    server, client = start_server(predictor, host="localhost", stream_idle_s=2.0, streams_per_peer=4,
+                                  stream_slots=16)
     flood = _channel(server.port)
-    call = flood.stream_stream(PREFIX + "PredictStream", request_serializer=pb.PredictRequest.SerializeToString,
-                               response_deserializer=pb.PredictResponse.FromString)
     never = threading.Event()
-
-    def idle():
-        never.wait(30)
-        return
-        yield  # noqa: unreachable -- a request iterator that sends nothing
-
-    calls = [call(idle(), timeout=60) for _ in range(64)]
+    calls = [_stream_call(flood)(_idle_requests(never), timeout=60) for _ in range(64)]
+    other = _channel(server.port, "[::1]")
     try:
         t_end = time.monotonic() + 15
         while sum(c.done() for c in calls) < 60 and time.monotonic() < t_end:
@@ -159,7 +180,8 @@ def test_idle_stream_flood_leaves_health_and_other_clients_alone(start_server, p
         assert 0 <= client.predict(crop_request(make_crop(1)), timeout=10).malignancy_probability <= 1
         assert client.explain(crop_request(make_crop(2)), methods=["cbam"], timeout=20).maps
         assert client.model_info().api_version == "naslung.v1"
-        out = list(client.predict_stream([crop_request(make_crop(i), request_id=str(i)) for i in range(3)]))
+        out = list(_stream_call(other)(iter([crop_request(make_crop(i), request_id=str(i)) for i in range(3)]),
+                                       timeout=20))
         assert [r.request_id for r in out] == ["0", "1", "2"]
         # the four admitted idle streams are closed by the idle timeout, freeing their slots
         t_end = time.monotonic() + 20
@@ -174,6 +196,48 @@ def test_idle_stream_flood_leaves_health_and_other_clients_alone(start_server, p
         for c in calls:
             c.cancel()
         flood.close()
+        other.close()
+
+
+def test_the_stream_cap_is_per_client_address_not_per_connection(start_server, predictor):
+    """One client opening a fresh channel (TCP connection) per stream gets no more streams than
+    ``streams_per_peer`` in all; when one closes, the next is admitted."""
+    server, client = start_server(predictor, streams_per_peer=2, stream_slots=16, stream_idle_s=60)
+    stop = threading.Event()
+    channels = [_channel(server.port) for _ in range(6)]
+    calls = [_stream_call(ch)(_idle_requests(stop), timeout=60) for ch in channels]
+    try:
+        t_end = time.monotonic() + 15
+        while sum(c.done() for c in calls) < 4 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        refused = [c for c in calls if c.done()]
+        assert len(refused) == 4, f"{len(refused)} of 6 streams on 6 connections refused; want 4 (cap 2)"
+        assert all(c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "per-client limit" in c.details()
+                   for c in refused)
+        assert server.budgets["PredictStream"].in_use == 2
+        open_ = [c for c in calls if not c.done()]
+        open_[0].cancel()
+        t_end = time.monotonic() + 10
+        while server.budgets["PredictStream"].in_use != 1 and time.monotonic() < t_end:
+            time.sleep(0.02)
+        out = list(_stream_call(channels[0])(iter([crop_request(make_crop(1), request_id="again")]), timeout=20))
+        assert [r.request_id for r in out] == ["again"]
+    finally:
+        stop.set()
+        for c in calls:
+            c.cancel()
+        for ch in channels:
+            ch.close()
+
+
+def test_peer_host_drops_the_port_only():
+    from service.admission import peer_host
+
+    assert peer_host("ipv4:10.0.0.7:53122") == "ipv4:10.0.0.7"
+    assert peer_host("ipv6:[::1]:5") == peer_host("ipv6:[::1]:6") == "ipv6:[::1]"
+    assert peer_host("ipv6:%5B2001:db8::1%5D:443") == "ipv6:[2001:db8::1]"
+    assert peer_host("unix:/tmp/naslung.sock") == "unix:/tmp/naslung.sock"
+    assert peer_host("ipv4:10.0.0.7:53122") != peer_host("ipv4:10.0.0.8:53122")
 
 
 def test_explain_and_predict_have_their_own_budgets(start_server, predictor):
@@ -229,6 +293,127 @@ def test_memory_budget_refuses_requests_that_do_not_fit(start_server, predictor)
     assert server.bytes_budget.used == 0
 
 
+def _stream_answers(client, reqs, timeout=60.0) -> list:
+    return list(client.predict_stream(iter(reqs), timeout=timeout))
+
+
+def _wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond`` (server state has no event to await) until true; fail after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _big_volume_request(i: int):
+    # a 64^3 int16 volume: 512 KiB on the wire, charged 5x = 2.5 MiB
+    return volume_request(np.full((64, 64, 64), -800, np.int16), (1.0, 1.0, 1.0), (32.0, 32.0, 32.0),
+                          request_id=f"v{i}")
+
+
+BIG = dict(max_inflight_mb=3.0, max_volume_voxels=64 ** 3, max_message_bytes=4 << 20)
+
+
+def test_stream_items_wait_for_the_memory_budget_instead_of_bypassing_it(start_server, predictor):
+    """While the request memory budget is full, a stream of big volumes is not parsed (nor refused):
+    it waits, and every item is answered once there is room."""
+    server, client = start_server(predictor, **BIG)
+    hold = server.bytes_budget.try_reserve(server.bytes_budget.limit)  # e.g. a big unary upload in flight
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", _stream_answers(client, [_big_volume_request(i)
+                                                                                     for i in range(3)])))
+    t.start()
+    reads = getattr(server, "stream_reads", None)
+    # the first message has been read (its read slot is held) and waits for room -- or, before the
+    # fix, the stream has already finished with its items refused
+    _wait_for(lambda: (reads is not None and reads.in_use == 1) or not t.is_alive(), what="the stream to read")
+    assert t.is_alive(), f"stream finished while the budget was full: {[r.error.message for r in out['r']]}"
+    assert server.bytes_budget.used == server.bytes_budget.limit  # nothing charged past the limit
+    hold.release()
+    t.join(60)
+    assert [r.request_id for r in out["r"]] == ["v0", "v1", "v2"]
+    assert [r.error.message for r in out["r"] if r.HasField("error")] == []
+    assert server.bytes_budget.used == 0
+
+
+def test_concurrent_streams_of_big_volumes_stay_inside_a_small_budget(start_server, predictor):
+    """Three streams of big volumes against a budget that holds one: all answered, none refused, and
+    the charged bytes never exceed the budget."""
+    server, client = start_server(predictor, **BIG)
+    results: list = []
+
+    def one(k: int) -> None:
+        with _channel(server.port) as ch:  # its own connection, as separate clients would have
+            results.append(list(_stream_call(ch)(iter([_big_volume_request(10 * k + i) for i in range(3)]),
+                                                 timeout=60)))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    errors = [r.error.message for rs in results for r in rs if r.HasField("error")]
+    assert len(results) == 3 and sum(map(len, results)) == 9 and errors == [], errors
+    assert 0 < server.bytes_budget.peak <= server.bytes_budget.limit
+    assert server.bytes_budget.used == 0
+
+
+def test_queued_stream_crops_are_charged_until_answered(start_server, predictor):
+    slow = SlowPredictor(predictor, delay=0.3)
+    server, client = start_server(slow, max_batch=1, max_delay_ms=0)
+    crops = [crop_request(make_crop(i), request_id=str(i)) for i in range(4)]
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", _stream_answers(client, crops)))
+    t.start()
+    crop_bytes = predictor.spec.size ** 3 * 4  # float32 model-input crop
+    _wait_for(lambda: server.bytes_budget.used >= 2 * crop_bytes, what="queued crops to be charged")
+    assert server.bytes_budget.used % crop_bytes == 0  # only crops: the requests' own charge is gone
+    t.join(30)
+    assert [r.request_id for r in out["r"]] == ["0", "1", "2", "3"]
+    assert server.bytes_budget.used == 0
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs ::1 as a second client address")
+def test_an_idle_stream_cannot_hold_the_read_slot_others_wait_for(start_server, predictor):
+    """With one read slot, an idle stream holding it is closed after stream_read_hold_s once a
+    stream from another client waits for it; that stream is then served."""
+    server, client = start_server(predictor, host="localhost", stream_read_slots=1, stream_read_hold_s=1.0,
+                                  stream_idle_s=60)
+    stop = threading.Event()
+    idle_ch, other_ch = _channel(server.port), _channel(server.port, "[::1]")
+    try:
+        idle = _stream_call(idle_ch)(_idle_requests(stop), timeout=60)
+        _wait_for(lambda: server.stream_reads.in_use == 1, what="the idle stream to hold the read slot")
+        t0 = time.monotonic()
+        out = list(_stream_call(other_ch)(iter([crop_request(make_crop(1), request_id="waited")]), timeout=30))
+        assert [r.request_id for r in out] == ["waited"] and not out[0].HasField("error")
+        assert time.monotonic() - t0 < 15
+        _wait_for(idle.done, what="the idle stream to be closed")
+        assert idle.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "read slot" in idle.details()
+        assert server.stream_reads.in_use == 0
+    finally:
+        stop.set()
+        idle_ch.close()
+        other_ch.close()
+
+
+def test_waiting_for_a_read_slot_is_bounded(start_server, predictor):
+    """A stream that cannot get a read slot within max_call_s (no deadline set) ends with
+    RESOURCE_EXHAUSTED naming the slot, and gives nothing back it did not take."""
+    server, client = start_server(predictor, stream_read_slots=1, max_call_s=1.0)
+    assert server.stream_reads.acquire("someone else", timeout=1)  # every read slot is busy
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ei:
+            list(client.predict_stream(iter([crop_request(make_crop(1))]), timeout=None))
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "read slot" in ei.value.details()
+        assert 0.9 <= time.monotonic() - t0 < 10
+        assert server.stream_reads.in_use == 1
+    finally:
+        server.stream_reads.release("someone else")
+
+
 def test_byte_budget_admits_an_oversized_request_only_alone():
     from service.admission import ByteBudget
 
@@ -279,6 +464,39 @@ def test_internal_errors_reach_the_client_as_an_id_only(start_server, predictor,
     eid = details.split("error id ")[1].split(")")[0]
     assert len(eid) == 12 and eid in caplog.text and "secret.cxx" in caplog.text and "'abc'" in caplog.text
     assert out[0].error.code == grpc.StatusCode.INTERNAL.value[0] and "secret" not in out[0].error.message
+
+
+def test_import_errors_stay_in_the_server_log(start_server, predictor, monkeypatch, caplog):
+    """A broken optional install (explanations, resampling) is reported without the import error's
+    text, which names library paths on the server."""
+    import builtins
+    import importlib
+
+    secret = "/opt/secret-build/lib/libITKCommon-5.4.so.1: cannot open shared object file"
+    real_import_module, real_import = importlib.import_module, builtins.__import__
+
+    def broken_import_module(name, *a, **kw):
+        if name.startswith("naslung.explain"):
+            raise ImportError(secret)
+        return real_import_module(name, *a, **kw)
+
+    def broken_import(name, *a, **kw):
+        if name in ("naslung.data.crop", "naslung.data.volume"):
+            raise ImportError(secret)
+        return real_import(name, *a, **kw)
+
+    server, client = start_server(predictor)
+    monkeypatch.setattr(importlib, "import_module", broken_import_module)
+    monkeypatch.setattr(builtins, "__import__", broken_import)
+    with caplog.at_level(logging.WARNING, logger="service"):
+        code, details = _code(client.explain, crop_request(make_crop(1)), methods=["cbam"], timeout=10)
+        assert code == grpc.StatusCode.UNIMPLEMENTED and "error id" in details
+        assert "/opt" not in details and "libITK" not in details, details
+        code, details = _code(client.predict_volume, np.zeros((8, 8, 8), np.int16), (1, 1, 1), (4.0, 4.0, 4.0),
+                              timeout=10)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "send a crop" in details
+        assert "/opt" not in details and "libITK" not in details, details
+    assert caplog.text.count("libITKCommon") >= 2  # the operator still sees why
 
 
 def test_unparseable_bytes_do_not_echo_the_parser(shared_server):

@@ -58,10 +58,11 @@ REFLECTION_CLIENT = textwrap.dedent('''
     ereq.input.CopyFrom(req)
     e = rpc("Explain", ereq)
     maps = {m.method: (list(m.values.shape), len(m.values.data)) for m in e.maps}
+    limits = {f.name: getattr(info.limits, f.name) for f in info.limits.DESCRIPTOR.fields}
     bad = {"naslung", "service", "service.generated", "torch"} & set(sys.modules)
     print(json.dumps({"id": p.request_id, "p": p.malignancy_probability, "members": len(p.members),
                       "version": p.model_version, "explain_p": e.prediction.malignancy_probability,
-                      "maps": maps, "imported_ours": sorted(bad)}))
+                      "maps": maps, "limits": limits, "imported_ours": sorted(bad)}))
 ''')
 
 
@@ -82,6 +83,19 @@ def test_reflection_only_client_calls_predict_and_explain(shared_server, predict
     assert got["p"] == pytest.approx(want, abs=1e-6) and got["explain_p"] == pytest.approx(want, abs=1e-6)
     s = predictor.spec.size
     assert set(got["maps"]) == {"cbam", "gradcam"} and got["maps"]["gradcam"] == [[s, s, s], s ** 3 * 4]
+    # every limit a client can run into is discoverable through reflection alone (issue 17 review)
+    cfg = server.config
+    assert got["limits"] == pytest.approx({
+        "max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms, "max_queue": cfg.max_queue,
+        "max_message_bytes": cfg.max_message_bytes, "max_volume_voxels": cfg.max_volume_voxels,
+        "predict_slots": cfg.workers, "explain_slots": cfg.explain_queue,
+        "explain_concurrency": cfg.explain_concurrency, "stream_slots": cfg.stream_slots,
+        "streams_per_client": cfg.streams_per_peer, "other_slots": cfg.other_slots,
+        "stream_idle_s": cfg.stream_idle_s, "stream_window": cfg.stream_window, "max_call_s": cfg.max_call_s,
+        "max_inflight_bytes": int(cfg.max_inflight_mb * 2**20), "request_memory_factor": cfg.request_memory_factor,
+        "receive_slots": cfg.receive_slots, "stream_read_slots": cfg.stream_read_slots,
+        "stream_read_hold_s": cfg.stream_read_hold_s, "explain_ig_steps": cfg.explain_cost.ig_steps,
+        "explain_occlusion_passes": cfg.explain_cost.occlusion_positions(s), "explain_max_methods": 8})
 
 
 def _cpu_s(pid: int) -> float:
