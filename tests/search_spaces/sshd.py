@@ -21,7 +21,14 @@ INSTALL_HINT = "apt-get install -y openssh-server openssh-client"
 
 
 def find_sshd() -> str | None:
-    """The sshd binary (often outside a non-root PATH, in /usr/sbin), or None."""
+    """The sshd binary (often outside a non-root PATH, in /usr/sbin), or None.
+
+    ``NASLUNG_SSHD`` names another binary (a path that does not exist = no sshd: how the test of the
+    skip/fail behaviour simulates a machine without OpenSSH).
+    """
+    override = os.environ.get("NASLUNG_SSHD")
+    if override:
+        return override if os.access(override, os.X_OK) else None
     return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)),
                                         None)
 
