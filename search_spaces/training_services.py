@@ -281,8 +281,8 @@ def code_directory(platform: str, out: str | Path) -> Path:
     """The trials' code directory NNI sees: the current one (local), a near-empty ``OUT/nni-experiments/code`` (remote).
 
     The remote platform copies it to every host over SFTP, so a search started in a repository with
-    a multi-GB ``.venv`` would upload all of it; trials import our code from the host's python, not
-    from this copy.
+    a ``.venv`` would try to upload all of it (and NNI refuses more than 2,000 files or 300 MB);
+    trials import our code from the host's python, not from this copy.
     """
     if platform != "remote":
         return Path.cwd()
