@@ -164,7 +164,7 @@ def load_hosts(path: str | Path) -> list[HostSpec]:
     if not path.is_file():
         raise HostsError(f"hosts file {path} does not exist (see examples/hosts.yml for the format)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise HostsError(f"hosts file {path} is not valid YAML: {e}") from None
     return parse_hosts(data, str(path), base_dir=path.resolve().parent)

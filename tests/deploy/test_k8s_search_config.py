@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TRIAL_FLAGS = set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "search_spaces" / "trial.py").read_text()))
+TRIAL_FLAGS = set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "search_spaces" / "trial.py").read_text(encoding="utf-8")))
 
 
 def _load(path: Path):
@@ -54,14 +54,14 @@ def test_frameworkcontroller_config_passes_nni_validation():
     # NNI mounts the NFS export at this path in every trial pod (nni_node kubernetesTrainingService.js)
     import nni_node
 
-    ts_js = (Path(nni_node.__path__[0]) / "training_service" / "kubernetes" / "kubernetesTrainingService.js").read_text()
+    ts_js = (Path(nni_node.__path__[0]) / "training_service" / "kubernetes" / "kubernetesTrainingService.js").read_text(encoding="utf-8")
     mount = re.search(r"CONTAINER_MOUNT_PATH = '([^']+)'", ts_js).group(1)
     assert opts["--data"].startswith(mount + "/") and opts["--out"].startswith(mount + "/"), (mount, opts)
 
 
 def test_frameworkcontroller_config_rejects_what_nni_rejects(tmp_path):
     """The test above can fail: NNI's validation catches a broken storage section."""
-    text = (ROOT / "examples" / "k8s" / "search-frameworkcontroller.yml").read_text()
+    text = (ROOT / "examples" / "k8s" / "search-frameworkcontroller.yml").read_text(encoding="utf-8")
     bad = tmp_path / "k8s" / "bad.yml"
     bad.parent.mkdir()
     bad.write_text(text.replace("storageType: nfs", "storageType: s3"))

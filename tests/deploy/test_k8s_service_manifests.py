@@ -23,7 +23,7 @@ IDLE_RSS_MIB = 330  # docs/service.md: idle server RSS 321-339 MiB (5 members, C
 
 
 def _docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
 
 
 def _manifests() -> list[tuple[str, dict]]:
@@ -76,7 +76,7 @@ def test_the_validator_rejects_a_broken_manifest():
 
 
 def test_kustomization_lists_every_manifest():
-    kust = yaml.safe_load((SERVE / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((SERVE / "kustomization.yaml").read_text(encoding="utf-8"))
     assert sorted(kust["resources"]) == sorted(p.name for p in SERVE.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
@@ -118,7 +118,7 @@ def test_tls_and_token_come_from_the_mounted_secrets():
     assert secret_key(args.tls_cert) == ("naslung-tls", "tls.crt")  # a kubernetes.io/tls Secret's keys
     assert secret_key(args.tls_key) == ("naslung-tls", "tls.key")
     assert secret_key(args.token_file) == ("naslung-token", "token")
-    doc = (ROOT / "docs" / "scale-out.md").read_text()  # the commands that create exactly these Secrets
+    doc = (ROOT / "docs" / "scale-out.md").read_text(encoding="utf-8")  # the commands that create exactly these Secrets
     assert "kubectl create secret tls naslung-tls --cert=" in doc
     assert "kubectl create secret generic naslung-token --from-file=token=" in doc
 
@@ -155,7 +155,7 @@ def test_services_select_the_deployments_pods_on_the_grpc_port():
 
 # ----------------------------------------------------------------------------- Dockerfiles
 def _dockerfile(name: str) -> list[tuple[str, str]]:
-    text = (ROOT / "deploy" / "docker" / name).read_text().replace("\\\n", " ")
+    text = (ROOT / "deploy" / "docker" / name).read_text(encoding="utf-8").replace("\\\n", " ")
     return [tuple(line.strip().split(None, 1)) for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
 
@@ -168,12 +168,12 @@ def test_dockerfile_copies_what_exists_and_pins_the_cpu_torch(name):
             *sources, _ = arg.split()
             for src in sources:
                 assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist"
-    torch_pin = next(l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.startswith("torch=="))
+    torch_pin = next(l for l in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines() if l.startswith("torch=="))
     runs = " ".join(arg for op, arg in instructions if op == "RUN")
     assert torch_pin in runs
-    assert "download.pytorch.org/whl/cpu" in (ROOT / "deploy" / "docker" / name).read_text()
+    assert "download.pytorch.org/whl/cpu" in (ROOT / "deploy" / "docker" / name).read_text(encoding="utf-8")
     assert runs.index(torch_pin) < runs.index("requirements"), "torch must be installed first, alone"
-    ignored = (ROOT / ".dockerignore").read_text().split()
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert ".venv" in ignored and "runs" in ignored and ".git" in ignored
 
 

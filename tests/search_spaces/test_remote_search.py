@@ -93,16 +93,16 @@ def test_two_trial_search_on_an_ssh_host(sshd, tmp_path, tiny_dataset_dir):
     for t in trials:
         assert t["status"] == "SUCCEEDED", t
         assert 0.0 <= float(t["val_accuracy"]) <= 1.0 and float(t["latency_ms"]) > 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["trials"] == 2 and summary["succeeded"] == 2
 
     # NNI really went through SSH: the server accepted our key, and NNI's worker lived in the session HOME.
-    log = sshd.log.read_text()
+    log = sshd.log.read_text(encoding="utf-8")
     assert "Accepted publickey for" in log, log[-2000:]
     exp_id = summary["experiment_id"]
     worker_dirs = list((sshd.home / "nni-experiments" / exp_id / "environments").glob("*-worker*"))
     assert worker_dirs, f"no NNI worker directory under {sshd.home}"
-    manager = (out / "nni-experiments" / exp_id / "log" / "nnimanager.log").read_text()
+    manager = (out / "nni-experiments" / exp_id / "log" / "nnimanager.log").read_text(encoding="utf-8")
     assert "RemoteV3" in manager
     # the code directory NNI uploaded is the small one, not the directory the search was started in
     assert (out / "nni-experiments" / "code").is_dir()
@@ -117,10 +117,10 @@ def test_two_trials_through_nnictl_on_an_ssh_host(sshd, tmp_path, tiny_dataset_d
 
     from search_spaces.nni_api import free_port
 
-    cfg = yaml.safe_load((ROOT / "examples" / "search_remote.yml").read_text())
+    cfg = yaml.safe_load((ROOT / "examples" / "search_remote.yml").read_text(encoding="utf-8"))
     code, out = tmp_path / "code", tmp_path / "run"
     code.mkdir()
-    (code / "search.yml").write_text(_config(tmp_path).read_text())  # travels to the host with the code
+    (code / "search.yml").write_text(_config(tmp_path).read_text(encoding="utf-8"))  # travels to the host with the code
     cfg.update(trialCommand=f"python -m search_spaces.trial --config search.yml --data {tiny_dataset_dir} "
                             f"--out {out}",
                trialCodeDirectory=str(code), experimentWorkingDirectory=str(out / "nni-experiments"),
@@ -150,13 +150,13 @@ def test_two_trials_through_nnictl_on_an_ssh_host(sshd, tmp_path, tiny_dataset_d
         if exp_id:
             subprocess.run([*nnictl, "stop", exp_id], env=env, cwd=tmp_path, capture_output=True, timeout=120)
         _kill_leftovers(str(tmp_path))
-    records = [json.loads(p.read_text()) for p in (out / "trials").glob("*.json")]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in (out / "trials").glob("*.json")]
     assert len(records) == 2, _manager_log(out)
     assert all(r["status"] == "SUCCEEDED" for r in records), [r.get("error") for r in records]
     report = subprocess.run([sys.executable, "-m", "naslung", "search", "--report-only", "--out", str(out)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "2 trials (2 succeeded, 0 failed)" in report.stdout, report.stdout + report.stderr
-    assert "RemoteV3" in (out / "nni-experiments" / exp_id / "log" / "nnimanager.log").read_text()
+    assert "RemoteV3" in (out / "nni-experiments" / exp_id / "log" / "nnimanager.log").read_text(encoding="utf-8")
     print(f"\n2-trial nnictl experiment through SSH: {wall:.1f}s from create to the second record")
 
 
@@ -175,4 +175,4 @@ def test_preflight_names_the_missing_dataset_before_nni_starts(sshd, tmp_path):
 
 def _manager_log(out: Path) -> str:
     logs = sorted(out.glob("nni-experiments/*/log/nnimanager.log"))
-    return ("\n--- nnimanager.log (tail) ---\n" + logs[-1].read_text()[-4000:]) if logs else ""
+    return ("\n--- nnimanager.log (tail) ---\n" + logs[-1].read_text(encoding="utf-8")[-4000:]) if logs else ""
