@@ -102,7 +102,7 @@ def start_sshd(root: Path, timeout_s: float = 20.0) -> Sshd:
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited with status {proc.returncode}: {log.read_text(encoding="utf-8")[-2000:]}")
+            raise RuntimeError(f"sshd exited with status {proc.returncode}: {log.read_text(encoding='utf-8')[-2000:]}")
         res = server.ssh("echo ok", timeout=10) if _listening(port) else None
         if res is not None and res.returncode == 0 and res.stdout.strip() == "ok":
             return server
@@ -110,7 +110,7 @@ def start_sshd(root: Path, timeout_s: float = 20.0) -> Sshd:
             server.stop()
             why = res.stderr if res is not None else "not listening"
             raise RuntimeError(f"sshd on 127.0.0.1:{port} did not accept a key login in {timeout_s:.0f} s: {why}\n"
-                               f"{log.read_text(encoding="utf-8")[-2000:]}")
+                               f"{log.read_text(encoding='utf-8')[-2000:]}")
         time.sleep(0.3)
 
 
