@@ -6,16 +6,17 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo nni-search test test-slow test-all bench proto clean
+.PHONY: venv demo nni-search test test-slow test-remote test-all bench proto clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt requirements-test.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip<27"
 	# torch first, alone and exact, so nothing later can swap in a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements-test.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, sys; assert torch.__version__.startswith('2.13.0'), torch.__version__; assert not torch.version.cuda, 'CUDA torch installed'"
 	touch $(STAMP)
@@ -34,10 +35,15 @@ nni-search: venv
 	$(BIN)/python -m search_spaces.nnictl create --config examples/search.yml --port $(NNI_PORT)
 
 test: venv
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not remote" $(PYTEST_ARGS)
 
 test-slow: venv
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "slow and not remote" $(PYTEST_ARGS)
+
+# NNI's remote (SSH) training service for real: a throwaway sshd on 127.0.0.1 (docs/scale-out.md).
+# Needs OpenSSH (apt-get install -y openssh-server); here a missing sshd fails instead of skipping.
+test-remote: venv
+	NASLUNG_REQUIRE_SSHD=1 $(BIN)/python -m pytest -q -m remote $(PYTEST_ARGS)
 
 test-all: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -48,18 +48,19 @@ class GpuSampler(threading.Thread):
         self.available = shutil.which("nvidia-smi") is not None
 
     def sample(self) -> None:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=index,name,utilization.gpu,memory.used,memory.total",
+        q = subprocess.run(["nvidia-smi", "--query-gpu=index,name,utilization.gpu,memory.used,memory.total,uuid",
                             "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
-        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,gpu_uuid", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=10)
-        n_procs = len([line for line in apps.stdout.splitlines() if line.strip()])
+        app_gpus = [line.split(",")[1].strip() for line in apps.stdout.splitlines() if line.count(",") >= 1]
+        n_procs = len(app_gpus)
         t = time.time()
         for line in q.stdout.splitlines():
             parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 5:
+            if len(parts) == 6:
                 self.samples.append({"t": t, "gpu": int(parts[0]), "name": parts[1], "util": float(parts[2]),
                                      "mem_mib": float(parts[3]), "mem_total_mib": float(parts[4]),
-                                     "procs": n_procs})
+                                     "procs": n_procs, "gpu_procs": app_gpus.count(parts[5])})
 
     def run(self) -> None:
         while self.available and not self.stop_event.is_set():
@@ -161,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             "memory_used_mib": _stats([s["mem_mib"] for s in sampler.samples]),
             "max_concurrent_gpu_processes": max(s["procs"] for s in sampler.samples),
             "mean_concurrent_gpu_processes": round(statistics.fmean(s["procs"] for s in sampler.samples), 2),
+            # per GPU: are the trials spread over every GPU the search was given?
+            "per_gpu": {str(g): {"util_percent_while_trials_ran": _stats([s["util"] for s in busy if s["gpu"] == g]),
+                                 "max_processes": max(s["gpu_procs"] for s in sampler.samples if s["gpu"] == g),
+                                 "mean_processes": round(statistics.fmean(
+                                     s["gpu_procs"] for s in sampler.samples if s["gpu"] == g), 2)}
+                        for g in sorted({s["gpu"] for s in sampler.samples})},
         }
     result = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
@@ -192,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                  ("GPU processes max/mean", f"{gpu['max_concurrent_gpu_processes']}/"
                                             f"{gpu['mean_concurrent_gpu_processes']}"),
                  ("GPU memory MiB max", f"{gpu['memory_used_mib'].get('max', '-')}")]
+        rows += [(f"GPU {g}: processes max/mean, util % mean", f"{v['max_processes']}/{v['mean_processes']}, "
+                  f"{v['util_percent_while_trials_ran'].get('mean', '-')}") for g, v in gpu["per_gpu"].items()]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     text = json.dumps(result, indent=2, default=str)

@@ -28,6 +28,8 @@ from search_spaces.nni_api import (SECURITY_WARNING, check_port_free, free_port,
 from search_spaces.report import load_records, write_json_atomic, write_report
 from search_spaces.space import SpaceSpec
 from search_spaces.trial import PROGRESS_DIR, TrialSpec, epoch_line
+from search_spaces.training_services import (code_directory, configure_training_service, load_hosts, preflight,
+                                             require_platform, resolve_concurrency, trial_code_directory)
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,16 @@ class ExperimentOptions:
     """NNI experiment and local training-service options (CLI flags override these)."""
 
     max_trials: int = 20
-    trial_concurrency: int = 1
+    trial_concurrency: int | None = None   # None = every slot: GPUs x trials_per_gpu, the hosts' slots, else 1
     gpus: list[int] | None = None          # GPU indices for trials; None = CPU trials
     trials_per_gpu: int = 1                # NNI's maxTrialNumberPerGpu (several small trials share a GPU)
     port: int = 8080                       # 0 = pick a free port
     max_duration: str | None = None        # e.g. "2h"
     max_trial_duration: str | None = None  # e.g. "30m": NNI kills a trial that runs longer
     name: str = "naslung-search"
+    platform: str = "local"                # local | remote (NNI's SSH training service; docs/scale-out.md)
+    hosts: str | None = None               # remote: hosts.yml (search_spaces.training_services.load_hosts)
+    manager_ip: str | None = None          # the address trials reach NNI's manager at (remote: required in practice)
 
 
 @dataclass
@@ -87,6 +92,7 @@ class SearchConfig:
         SpaceSpec.from_dict(cfg.space)  # validate early, with the field names in the message
         if cfg.strategy.candidate_latency not in ("measure", "bound"):
             raise ValueError("strategy.candidate_latency must be 'measure' or 'bound'")
+        require_platform(cfg.experiment.platform)
         return cfg
 
     @classmethod
@@ -101,9 +107,12 @@ class SearchConfig:
         except yaml.YAMLError as e:
             raise ValueError(f"search config {path} is not valid YAML: {e}") from None
         try:
-            return cls.from_dict(data)
+            cfg = cls.from_dict(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"search config {path}: {e}") from None
+        if cfg.experiment.hosts and not Path(cfg.experiment.hosts).expanduser().is_absolute():
+            cfg.experiment.hosts = str(path.resolve().parent / cfg.experiment.hosts)  # relative to the YAML file
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,23 +277,20 @@ def build_experiment(cfg: SearchConfig, data: str | Path, out: str | Path, exp_i
         strategy.early_stopping = _early_stopping(cfg.assessor, trial, out)
     evaluator = FunctionalEvaluator(evaluate_model, **asdict(trial))
     ex = cfg.experiment
-    config = NasExperimentConfig("ts", "simplified", "local")
+    hosts = load_hosts(ex.hosts) if ex.hosts else None
+    config = NasExperimentConfig("ts", "simplified", ex.platform)
     config.experiment_name = ex.name
     config.max_trial_number = int(ex.max_trials)
-    config.trial_concurrency = int(ex.trial_concurrency)
+    config.trial_concurrency = resolve_concurrency(ex.trial_concurrency, ex.gpus, ex.trials_per_gpu, hosts)
     config.experiment_working_directory = str(out / "nni-experiments")
-    config.trial_code_directory = os.getcwd()  # NNI requires the current directory here
+    # NNI requires the current directory here (run_search works in it while NNI runs)
+    config.trial_code_directory = str(code_directory(ex.platform, out))
     if ex.max_duration:
         config.max_experiment_duration = ex.max_duration
     if ex.max_trial_duration:
         config.max_trial_duration = ex.max_trial_duration
-    if ex.gpus:
-        config.trial_gpu_number = 1
-        config.training_service.use_active_gpu = True
-        config.training_service.gpu_indices = list(ex.gpus)
-        config.training_service.max_trial_number_per_gpu = int(ex.trials_per_gpu)
-    else:
-        config.trial_gpu_number = 0
+    configure_training_service(config, platform=ex.platform, gpus=ex.gpus, trials_per_gpu=int(ex.trials_per_gpu),
+                               hosts=hosts, manager_ip=ex.manager_ip)
     exp = NasExperiment(NasLungSpace(space=space.to_dict()), evaluator, strategy, config, id=exp_id)
     return exp, strategy, space
 
@@ -313,7 +319,12 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     out.mkdir(parents=True, exist_ok=True)
     ex = cfg.experiment
     port = free_port() if int(ex.port) == 0 else int(ex.port)
+    hosts = load_hosts(ex.hosts) if ex.hosts else None
+    ex.trial_concurrency = resolve_concurrency(ex.trial_concurrency, ex.gpus, ex.trials_per_gpu, hosts)
     exp, strategy, space = build_experiment(cfg, data, out, exp_id=resume)
+    if ex.platform == "remote" and hosts:
+        for rep in preflight(hosts, data, out):
+            printer(f"host {rep['host']}: python {rep['python']}, nni {rep['nni']}, torch {rep['torch']}: ready")
     check_port_free(port)
     write_json_atomic(out / "search_config.json", {**cfg.to_dict(), "space": space.to_dict(),
                                                    "data": str(Path(data).resolve()), "experiment_id": exp.id,
@@ -321,7 +332,8 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     printer("WARNING: " + SECURITY_WARNING.format(port=port))
     printer(f"experiment {exp.id}: web UI http://localhost:{port}  (logs: {out / 'nni-experiments' / exp.id})")
     printer(f"strategy {cfg.strategy.name}, {ex.max_trials} trials, concurrency {ex.trial_concurrency}, "
-            f"gpus {ex.gpus or 'none (CPU)'}" + (f", {ex.trials_per_gpu} per GPU" if ex.gpus else "")
+            + (f"remote hosts {', '.join(h.address for h in hosts)}" if hosts else
+               f"gpus {ex.gpus or 'none (CPU)'}" + (f", {ex.trials_per_gpu} per GPU" if ex.gpus else ""))
             + (f", early stopping {cfg.assessor.name} from step {cfg.assessor.start_step}"
                if cfg.assessor.enabled else ""))
     progress = _Progress(out, ex.max_trials, printer)
@@ -334,7 +346,7 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
     error: RuntimeError | None = None
     previous_handler = _sigterm_as_interrupt()
     try:
-        with trial_env():
+        with trial_env(), trial_code_directory(ex.platform, out):
             if resume:
                 if not exp.has_checkpoint():
                     raise RuntimeError(f"experiment {resume} is unknown to NNI (see `nnictl experiment list`); "
@@ -348,7 +360,8 @@ def run_search(cfg: SearchConfig, data: str | Path, out: str | Path, *, resume: 
                              f"covers the trials that finished")
     finally:
         try:
-            exp.stop()
+            with trial_code_directory(ex.platform, out):  # NNI re-checks its code directory while stopping
+                exp.stop()
         except Exception as e:  # noqa: BLE001 - stopping a dead manager must not hide the first error
             log.warning("stopping the NNI experiment failed: %s", e)
         if previous_handler is not None:

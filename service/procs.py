@@ -42,6 +42,7 @@ class ProcessGroup:
     port: int
     pids: tuple[int, ...]
     metrics_ports: tuple[int | None, ...]
+    health_port: int | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -91,6 +92,8 @@ def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, pro
     if not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("several server processes need SO_REUSEPORT (Linux); use --procs 1")
     port = config.port or free_port(config.host)
+    if config.health_port == 0:  # the children share one health port too
+        config = replace(config, health_port=free_port(config.host))
     ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or gRPC threads
     ready_q = ctx.Queue()
     children = []
@@ -132,7 +135,8 @@ def serve_processes(make_predictor: Callable[[], Any], config: ServerConfig, pro
                 return _shutdown(children, config.grace_s, 1)
             metrics[index] = mport
         if on_ready is not None:
-            on_ready(ProcessGroup(port, tuple(c.pid for c in children), tuple(metrics[i] for i in range(procs))))
+            on_ready(ProcessGroup(port, tuple(c.pid for c in children), tuple(metrics[i] for i in range(procs)),
+                                  config.health_port))
         return _supervise(ctx, children, make_predictor, config, port, ready_q, stop, restart_backoff_s)
     finally:
         for s, h in old.items():

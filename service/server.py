@@ -80,6 +80,7 @@ class ServerConfig:
     insecure: bool = False             # allow a non-loopback bind with neither TLS nor a token
     grace_s: float = 10.0              # drain time on shutdown
     reuse_port: bool = False           # SO_REUSEPORT: several processes share the port (service.procs)
+    health_port: int | None = None     # plaintext grpc.health.v1-only port (Kubernetes probes); 0 = any free port
 
     @property
     def limits(self) -> Limits:
@@ -895,6 +896,8 @@ class NoduleServer:
             self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
         self.health = self._add_health()
         self.reflection = self._add_reflection()
+        self.health_server = self._health_only_server()
+        self.health_port: int | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
@@ -909,6 +912,28 @@ class NoduleServer:
         health_pb2_grpc.add_HealthServicer_to_server(servicer, self.server)
         self._health_pb2 = health_pb2
         return servicer
+
+    def _health_only_server(self) -> grpc.Server | None:
+        """A second, plaintext listener serving only grpc.health.v1, sharing the main server's health state.
+
+        Kubernetes' native ``grpc:`` probe cannot speak TLS (the kubelet dials without credentials),
+        so a TLS server would fail its own probes. This port answers health checks only -- no
+        predictions, no reflection -- and reports exactly what the main port reports (SERVING once the
+        model is warm, NOT_SERVING while draining), so it exposes nothing a token or TLS protects.
+        """
+        cfg = self.config
+        if cfg.health_port is None:
+            return None
+        if self.health is None:
+            raise ValueError("--health-port needs grpcio-health-checking (grpc.health.v1), which is not installed")
+        from grpc_health.v1 import health_pb2_grpc
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=HEALTH_RESERVE_THREADS,
+                                                        thread_name_prefix="naslung-health"),
+                             options=[("grpc.so_reuseport", 1 if cfg.reuse_port else 0)],
+                             maximum_concurrent_rpcs=4 * HEALTH_RESERVE_THREADS)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
 
     def _add_reflection(self) -> bool:
         try:
@@ -935,6 +960,12 @@ class NoduleServer:
         if not port:
             raise OSError(f"cannot bind {address} (in use or not a local address)")
         self.port = port
+        if self.health_server is not None:
+            hport = self.health_server.add_insecure_port(_format_address(cfg.host, cfg.health_port))
+            if not hport:
+                raise OSError(f"cannot bind the health port {_format_address(cfg.host, cfg.health_port)}")
+            self.health_port = hport
+            self.health_server.start()
         warmup = getattr(self.predictor, "warmup", None)
         if warmup is not None:
             warmup()
@@ -958,6 +989,8 @@ class NoduleServer:
         if self.health is not None:
             self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         self.batcher.close(timeout=grace + 5)
         self.metrics.stop_http()
         self._pool.shutdown(wait=False)

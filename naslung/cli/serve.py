@@ -14,6 +14,8 @@ EPILOG = """examples:
   naslung serve --bundle runs/bundle --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
       --token-file token.txt
   naslung serve --bundle runs/bundle --device cuda --procs 4 --max-batch 64   # 4 processes, one port
+  naslung serve --host 0.0.0.0 --tls-cert /tls/tls.crt --tls-key /tls/tls.key --token-file /token/token \
+      --health-port 50052            # in a Kubernetes pod (deploy/k8s/serve/): probes use port 50052
   naslung serve --random-models tiny,tiny --port 0      # untrained members: load/smoke tests only
 
 then:  naslung predict --server 127.0.0.1:50051 --input scan.nii.gz --world -60.5 12.0 -140.2
@@ -53,6 +55,9 @@ def add_parser(subparsers, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--token-file", default=None,
                    help="file holding a bearer token every RPC but health checks must present")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="also serve grpc.health.v1 alone, in plaintext, on this port (0 = any free port): for "
+                        "Kubernetes gRPC probes, which cannot use TLS (default: health on the main port only)")
     p.add_argument("--grace-s", type=float, default=10.0, help="drain time for in-flight RPCs on shutdown")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--procs", type=int, default=1,
@@ -111,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
     if args.procs < 1:
         raise ValueError(f"--procs must be at least 1, got {args.procs}")
+    if args.health_port is not None and (args.health_port < 0 or args.health_port > 65535
+                                         or (args.health_port and args.health_port == args.port)):
+        raise ValueError(f"--health-port must be 0..65535 and differ from --port, got {args.health_port}")
     logging.getLogger("service").setLevel(logging.INFO)
     factory = functools.partial(make_predictor, args.bundle, args.random_models, args.device, args.engine,
                                 args.max_batch, args.precision, args.threads)
@@ -119,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, workers=args.workers, max_message_bytes=int(args.max_message_mb * 2**20),
         max_volume_voxels=args.max_volume_voxels, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
         tls_key=args.tls_key, token=read_token(args.token_file) if args.token_file else None, grace_s=args.grace_s,
+        health_port=args.health_port,
         insecure=args.insecure, stream_slots=args.stream_slots, streams_per_peer=args.streams_per_peer,
         stream_idle_s=args.stream_idle_s, explain_queue=args.explain_queue, max_call_s=args.max_call_s,
         max_inflight_mb=args.max_inflight_mb)
@@ -143,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         for mport in ports:
             if mport is not None:
                 print(f"metrics on http://{config.metrics_host}:{mport}/metrics", flush=True)
+        if getattr(server, "health_port", None) is not None:
+            print(f"health (grpc.health.v1 only, plaintext) on {args.host}:{server.health_port}", flush=True)
 
     rc = serve_processes((lambda: predictor) if predictor is not None else factory, config, args.procs,
                          on_ready=ready)
